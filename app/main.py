@@ -1,0 +1,42 @@
+"""The app factory. `create_app()` builds nothing at import time; the lifespan starts the backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app import __version__
+from app.api import chat, health, models
+from app.backends import GatewayBackend, build_backend
+from app.errors import install_error_handlers
+from app.services import Services
+from app.settings import Settings
+
+log = logging.getLogger("twice")
+
+
+def create_app(settings: Settings | None = None, *, backend: GatewayBackend | None = None) -> FastAPI:
+    """A gateway app. `backend` replaces the configured one (tests inject scripted backends this way)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        chosen = backend or build_backend(settings)
+        await chosen.start()
+        app.state.services = Services.build(settings, chosen, CollectorRegistry())
+        log.info("twice ready: backend=%s model=%s", settings.backend, chosen.model)
+        try:
+            yield
+        finally:
+            await chosen.close()
+
+    app = FastAPI(title="twice", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real embedded model, a vLLM stand-in on loopback, real gateway processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from app.backends.embedded import EmbeddedBackend
+from app.backends.vllm import VllmBackend
+from app.settings import EmbeddedSettings, VllmSettings
+from tests.support.servers import running_gateway
+from tests.support.vllm_stub import StubState, VllmStub, running_stub
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def stub() -> Iterator[tuple[str, VllmStub]]:
+    with running_stub(StubState()) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def stub_url(stub: tuple[str, VllmStub]) -> str:
+    return stub[0]
+
+
+@pytest.fixture(scope="session")
+async def embedded_backend() -> AsyncIterator[EmbeddedBackend]:
+    backend = EmbeddedBackend(EmbeddedSettings())
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture(scope="session")
+async def vllm_backend(stub_url: str) -> AsyncIterator[VllmBackend]:
+    backend = VllmBackend(VllmSettings(upstream=stub_url))
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture(scope="session")
+def gateway() -> Iterator[str]:
+    """`twice serve` on the embedded default, as the README starts it."""
+    with running_gateway() as base:
+        yield base
+
+
+@pytest.fixture(scope="session")
+def vllm_gateway(stub_url: str) -> Iterator[str]:
+    with running_gateway("--backend", "vllm", "--upstream", stub_url) as base:
+        yield base

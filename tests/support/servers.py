@@ -1,0 +1,54 @@
+"""Real gateway processes on loopback (`python -m app serve`), as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from tests.support.vllm_stub import free_port
+
+
+@contextmanager
+def running_gateway(
+    *args: str, env: dict[str, str] | None = None, ready_timeout: float = 60.0
+) -> Iterator[str]:
+    """Start `twice serve` with `args` and yield its base URL once /health answers."""
+    port = free_port()
+    full_env = {**os.environ, "TWICE_SERVER__LOG_LEVEL": "warning", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise RuntimeError(f"gateway exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start in time")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
