@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install run test lint format check-types bench clean
 
+# Optional pieces add their own targets and test prerequisites (TEST_PREREQS) here.
+-include deploy/deploy.mk
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -29,7 +32,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint $(TEST_PREREQS)
 	$(BIN)/pytest
 
 bench: install
