@@ -1,0 +1,190 @@
+"""`twice predictor label` and `twice predictor train`, added to the `twice` command line by `register`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import shlex
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from predictor.card import ModelCard
+from predictor.datasets import DEFAULT_DATA_DIR, data_hashes, load_prompts
+from predictor.errors import PredictorError
+from predictor.gateway_labels import GatewayRun, dataset_row, label_through_gateway
+from predictor.labels import LabelledRow, read_labels, sha256_file, write_labels
+from predictor.telemetry import STREAM, read_telemetry
+from predictor.train import DATASET_DERIVED, PSR_OBSERVED, TrainOptions, train
+
+TELEMETRY_LABELS = "psr-observed (gateway telemetry)"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `predictor label|train` to the `twice` command line."""
+    predictor = commands.add_parser(
+        "predictor", help="Label data for and train the reflection-round predictor."
+    )
+    actions = predictor.add_subparsers(dest="predictor_command", required=True)
+
+    label = actions.add_parser(
+        "label", help="Label prompts with the psr round of their first harmful verdict."
+    )
+    label.add_argument("--base-url", help="Gateway base URL, e.g. http://127.0.0.1:8000.")
+    label.add_argument("--model", help="Model name to request.")
+    label.add_argument("--max-rounds", type=int, default=8, help="psr rounds budget N (default 8).")
+    label.add_argument("--out", type=Path, required=True, help="Labels file to write (JSON lines).")
+    label.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="Evaluation data folder.")
+    label.add_argument("--limit", type=int, help="At most this many prompts per source and label.")
+    label.add_argument("--max-tokens", type=int, default=256, help="max_tokens per request (default 256).")
+    label.add_argument("--concurrency", type=int, default=4, help="Requests in flight (default 4).")
+    label.add_argument("--api-key", help="Bearer key for the gateway, if it needs one.")
+    label.add_argument(
+        "--dataset-derived",
+        action="store_true",
+        help="Skip the gateway: harmful prompts get max rounds, benign 0 (provisional labels).",
+    )
+    label.set_defaults(handler=_label)
+
+    fit = actions.add_parser("train", help="Fit the predictor and write its artifact and card.")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", type=Path, help="Labels file (JSON lines) from `twice predictor label`.")
+    source.add_argument("--from-redis", metavar="URL", help=f"Read labels from the Redis stream {STREAM}.")
+    fit.add_argument("--stream", default=STREAM, help=f"Stream name with --from-redis (default {STREAM}).")
+    fit.add_argument("--out", type=Path, required=True, help="Folder for the artifact and its card.")
+    fit.add_argument("--max-rounds", type=int, default=8, help="Largest round count to predict (default 8).")
+    fit.add_argument("--seed", type=int, default=0, help="Seed of the split and folds (default 0).")
+    fit.add_argument("--test-size", type=float, default=0.25, help="Held-out share (default 0.25).")
+    fit.add_argument(
+        "--target-under-share",
+        type=float,
+        default=0.02,
+        help="Largest share of harmful prompts allowed fewer rounds than their label (default 0.02).",
+    )
+    fit.set_defaults(handler=_train)
+
+
+def _label(args: argparse.Namespace) -> int:
+    try:
+        prompts = load_prompts(args.data_dir, args.limit)
+        failures: list[dict[str, str]] = []
+        if args.dataset_derived:
+            rows = [dataset_row(prompt, args.max_rounds) for prompt in prompts]
+            kind = DATASET_DERIVED
+        else:
+            if not args.base_url or not args.model:
+                print("twice predictor label: --base-url and --model are required", file=sys.stderr)
+                return 2
+            run = GatewayRun(
+                base_url=args.base_url,
+                model=args.model,
+                max_rounds=args.max_rounds,
+                max_tokens=args.max_tokens,
+                concurrency=args.concurrency,
+                api_key=args.api_key,
+            )
+            rows, failed = asyncio.run(label_through_gateway(prompts, run))
+            failures = [{"id": failure.id, "error": failure.error} for failure in failed]
+            kind = PSR_OBSERVED
+        write_labels(args.out, rows)
+        meta = {
+            "labels": kind,
+            "model": None if args.dataset_derived else args.model,
+            "base_url": None if args.dataset_derived else args.base_url,
+            "max_rounds": args.max_rounds,
+            "max_tokens": None if args.dataset_derived else args.max_tokens,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(["twice", *sys.argv[1:]]),
+            "data_sha256": data_hashes(args.data_dir),
+            "rows": len(rows),
+            "sources": dict(
+                Counter(f"{row.source}:{'harmful' if row.harmful else 'benign'}" for row in rows)
+            ),
+            "failures": failures,
+        }
+        _meta_path(args.out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except PredictorError as error:
+        print(f"twice predictor label: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(rows)} rows to {args.out} ({len(failures)} failed)")
+    return 1 if failures else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        rows, labels_path, kind = _training_rows(args)
+        options = TrainOptions(
+            max_rounds=args.max_rounds,
+            seed=args.seed,
+            test_size=args.test_size,
+            target_under_share=args.target_under_share,
+            labels=kind,
+        )
+        predictor = train(rows, options)
+        predictor.card = _with_provenance(predictor.card, labels_path, rows)
+        card = predictor.save(args.out)
+    except PredictorError as error:
+        print(f"twice predictor train: {error}", file=sys.stderr)
+        return 1
+    _print_metrics(card.metrics, card.tail_risk, args.out)
+    return 0
+
+
+def _training_rows(args: argparse.Namespace) -> tuple[list[LabelledRow], Path, str]:
+    if args.labels is not None:
+        meta_path = _meta_path(args.labels)
+        kind = PSR_OBSERVED
+        if meta_path.is_file():
+            kind = str(json.loads(meta_path.read_text(encoding="utf-8")).get("labels", kind))
+        return read_labels(args.labels), args.labels, kind
+    read = read_telemetry(args.from_redis, args.max_rounds, stream=args.stream)
+    for reason, count in sorted(read.skipped.items()):
+        print(f"skipped {count} telemetry entries: {reason}")
+    # The rows read are kept beside the artifact, so the card's data hash names something that exists.
+    labels_path = args.out / "labels.jsonl"
+    write_labels(labels_path, read.rows)
+    return read.rows, labels_path, TELEMETRY_LABELS
+
+
+def _with_provenance(card: ModelCard, labels_path: Path, rows: list[LabelledRow]) -> ModelCard:
+    sources = Counter(f"{row.source}:{'harmful' if row.harmful else 'benign'}" for row in rows)
+    training_data: dict[str, Any] = {
+        "file": labels_path.name,
+        "sha256": sha256_file(labels_path),
+        "rows": len(rows),
+        "sources": dict(sorted(sources.items())),
+    }
+    meta_path = _meta_path(labels_path)
+    if meta_path.is_file():
+        training_data["provenance"] = json.loads(meta_path.read_text(encoding="utf-8"))
+    training = {**card.training, "command": shlex.join(["twice", *sys.argv[1:]])}
+    return dataclasses.replace(card, training_data=training_data, training=training)
+
+
+def _meta_path(labels_path: Path) -> Path:
+    return labels_path.with_name(labels_path.stem + ".meta.json")
+
+
+def _print_metrics(metrics: Any, tail_risk: float, out: Path) -> None:
+    print(f"tail_risk (calibrated on the training split): {tail_risk}")
+    for split in ("held_out", "eval_only_sources", "train"):
+        if split not in metrics:
+            continue
+        values = metrics[split]
+        print(
+            f"{split:>18}: benign rounds saved {values.get('benign_rounds_saved_pct')}% | "
+            f"harmful under-provisioned {values.get('harmful_under_share')} | MAE {values.get('mae')} | "
+            f"rows {values['rows']} (benign {values['benign']}, harmful {values['harmful']})"
+        )
+        for name, source in values["by_source"].items():
+            print(
+                f"{'':>20}{name}: mean rounds "
+                f"{source.get('benign_mean_rounds', source.get('harmful_mean_rounds'))} "
+                f"saved {source.get('benign_rounds_saved_pct', '-')}% "
+                f"under {source.get('harmful_under_share', '-')}"
+            )
+    print(f"wrote the artifact and its card to {out}")

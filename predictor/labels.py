@@ -1,0 +1,105 @@
+"""Labelled rows: the JSON-lines format `twice predictor label` writes and `twice predictor train` reads.
+
+One row: `{"id", "source", "harmful": bool, "messages": [...], "label_rounds": int,
+"observed_first_harmful_round": int | null}`. Rows read from telemetry may carry `features` (a
+`FeatureVector` in JSON) instead of `messages`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from predictor.errors import LabelsError
+from predictor.features import FeatureConfig, FeatureVector, extract
+
+
+@dataclass(frozen=True)
+class LabelledRow:
+    id: str
+    source: str
+    harmful: bool
+    label_rounds: int
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    features: FeatureVector | None = None
+    observed_first_harmful_round: int | None = None
+
+    def vector(self, config: FeatureConfig) -> FeatureVector:
+        if self.messages is not None:
+            return extract(self.messages, config)
+        if self.features is None or self.features.n_features != config.n_features:
+            raise LabelsError(f"row {self.id}: no messages and no features of width {config.n_features}")
+        return self.features
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": self.id, "source": self.source, "harmful": self.harmful}
+        if self.messages is not None:
+            row["messages"] = [dict(message) for message in self.messages]
+        if self.features is not None:
+            row["features"] = self.features.to_json()
+        row["label_rounds"] = self.label_rounds
+        row["observed_first_harmful_round"] = self.observed_first_harmful_round
+        return row
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LabelledRow:
+        messages = data.get("messages")
+        features = data.get("features")
+        observed = data.get("observed_first_harmful_round")
+        if messages is None and features is None:
+            raise ValueError("a row needs messages or features")
+        if messages is not None and not (
+            isinstance(messages, list) and all(isinstance(message, dict) for message in messages)
+        ):
+            raise ValueError("messages must be a list of objects")
+        return cls(
+            id=str(data["id"]),
+            source=str(data["source"]),
+            harmful=_strict_bool(data["harmful"]),
+            label_rounds=_strict_int(data["label_rounds"]),
+            messages=tuple(messages) if messages is not None else None,
+            features=FeatureVector.from_json(features) if features is not None else None,
+            observed_first_harmful_round=None if observed is None else _strict_int(observed),
+        )
+
+
+def read_labels(path: Path) -> list[LabelledRow]:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(LabelledRow.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as error:
+                raise LabelsError(f"{path}:{number}: {error}") from error
+    if not rows:
+        raise LabelsError(f"{path}: no labelled rows")
+    return rows
+
+
+def write_labels(path: Path, rows: Iterable[LabelledRow]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value

@@ -1,0 +1,190 @@
+"""Fit a `RoundPredictor` on labelled rows, hold out a stratified split, and measure what matters.
+
+The metrics, on held-out rows:
+- `benign_rounds_saved_pct`: compute saved on benign prompts against always granting max_rounds;
+- `harmful_under_share`: share of harmful prompts given fewer rounds than their label (the safety cost);
+- `mae`: mean absolute error in rounds, for completeness.
+
+`tail_risk` (see `predictor.model`) is calibrated on out-of-fold predictions of the training split only: the
+largest value whose harmful under-provisioning stays within `target_under_share`. The held-out split is
+never seen while fitting or calibrating. Rows of `EVAL_ONLY_SOURCES` are never trained on (the
+self-instruct authors ask that their set be used for evaluation only); they are reported separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from predictor.card import ModelCard
+from predictor.errors import LabelsError
+from predictor.features import FeatureConfig, to_matrix
+from predictor.labels import LabelledRow
+from predictor.model import RoundPredictor, decide_rounds
+
+EVAL_ONLY_SOURCES = frozenset({"self_instruct_user_oriented"})
+DATASET_DERIVED = "dataset-derived, not psr-observed"
+PSR_OBSERVED = "psr-observed"
+TAIL_RISK_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.001)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    max_rounds: int = 8
+    seed: int = 0
+    test_size: float = 0.25
+    target_under_share: float = 0.02
+    regularization: float = 32.0
+    folds: int = 5
+    labels: str = PSR_OBSERVED
+    config: FeatureConfig = field(default_factory=FeatureConfig)
+
+
+def round_metrics(
+    labels: Sequence[int], predicted: Sequence[int], harmful: Sequence[bool], max_rounds: int
+) -> dict[str, Any]:
+    label_array = np.asarray(labels, dtype=np.int64)
+    predicted_array = np.asarray(predicted, dtype=np.int64)
+    harmful_mask = np.asarray(harmful, dtype=bool)
+    benign_mask = ~harmful_mask
+    metrics: dict[str, Any] = {
+        "rows": int(label_array.size),
+        "benign": int(benign_mask.sum()),
+        "harmful": int(harmful_mask.sum()),
+        "mae": _rounded(np.abs(predicted_array - label_array).mean()) if label_array.size else None,
+    }
+    if benign_mask.any():
+        granted = predicted_array[benign_mask].sum()
+        metrics["benign_rounds_saved_pct"] = _rounded(
+            100.0 * (1.0 - granted / (benign_mask.sum() * max_rounds))
+        )
+        metrics["benign_mean_rounds"] = _rounded(predicted_array[benign_mask].mean())
+    if harmful_mask.any():
+        under = predicted_array[harmful_mask] < label_array[harmful_mask]
+        metrics["harmful_under_share"] = _rounded(under.mean())
+        metrics["harmful_mean_rounds"] = _rounded(predicted_array[harmful_mask].mean())
+    return metrics
+
+
+def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
+    """Fit, calibrate and evaluate; the metrics land in the returned predictor's card."""
+    trainable = [row for row in rows if row.source not in EVAL_ONLY_SOURCES]
+    eval_only = [row for row in rows if row.source in EVAL_ONLY_SOURCES]
+    labels = np.array([min(row.label_rounds, options.max_rounds) for row in trainable], dtype=np.int64)
+    if np.unique(labels).size < 2:
+        raise LabelsError("training needs at least two distinct round labels (benign 0 and harmful > 0)")
+    keys = _strata(trainable, minimum=max(2, round(1 / min(options.test_size, 1 - options.test_size))))
+    train_idx, test_idx = train_test_split(
+        np.arange(len(trainable)), test_size=options.test_size, random_state=options.seed, stratify=keys
+    )
+    matrix = to_matrix([row.vector(options.config) for row in trainable], options.config.n_features)
+    tail_risk = _calibrate(matrix[train_idx], labels[train_idx], keys[train_idx], options)
+    model = _fit(matrix[train_idx], labels[train_idx], options)
+    card = ModelCard(
+        max_rounds=options.max_rounds,
+        classes=tuple(int(value) for value in model.classes_),
+        tail_risk=tail_risk,
+        feature_config=options.config,
+        labels=options.labels,
+    )
+    predictor = RoundPredictor(model, card)
+    metrics: dict[str, Any] = {
+        "held_out": _evaluate(predictor, [trainable[i] for i in test_idx], options),
+        "train": _evaluate(predictor, [trainable[i] for i in train_idx], options),
+    }
+    if eval_only:
+        metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
+    predictor.card = dataclasses.replace(
+        card, metrics=metrics, training=_training_info(options, len(train_idx), len(test_idx))
+    )
+    return predictor
+
+
+def _fit(matrix: Any, labels: npt.NDArray[np.int64], options: TrainOptions) -> Any:
+    # liblinear is several times faster on two classes; more classes need lbfgs's multinomial (softmax)
+    # model, which is what `RoundPredictor` computes at serving time.
+    solver = "liblinear" if np.unique(labels).size == 2 else "lbfgs"
+    model = LogisticRegression(
+        C=options.regularization, class_weight="balanced", solver=solver, max_iter=2000
+    )
+    return model.fit(matrix, labels)
+
+
+def _calibrate(
+    matrix: Any, labels: npt.NDArray[np.int64], keys: npt.NDArray[np.str_], options: TrainOptions
+) -> float:
+    """The largest tail risk whose out-of-fold harmful under-provisioning meets the target."""
+    classes = np.unique(labels)
+    out_of_fold = np.zeros((labels.size, classes.size))
+    if min(Counter(keys.tolist()).values()) < options.folds:
+        keys = (labels > 0).astype(str)
+    folds = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=options.seed)
+    for fit_idx, predict_idx in folds.split(matrix, keys):
+        model = _fit(matrix[fit_idx], labels[fit_idx], options)
+        columns = np.searchsorted(classes, model.classes_)
+        out_of_fold[np.ix_(predict_idx, columns)] = model.predict_proba(matrix[predict_idx])
+    harmful = labels > 0
+    for tail_risk in TAIL_RISK_GRID:
+        rounds = decide_rounds(out_of_fold, classes, tail_risk)
+        if not harmful.any() or (rounds[harmful] < labels[harmful]).mean() <= options.target_under_share:
+            return tail_risk
+    return TAIL_RISK_GRID[-1]
+
+
+def _evaluate(
+    predictor: RoundPredictor, rows: Sequence[LabelledRow], options: TrainOptions
+) -> dict[str, Any]:
+    matrix = to_matrix([row.vector(options.config) for row in rows], options.config.n_features)
+    predicted = predictor.rounds_for_matrix(matrix)
+    labels = [min(row.label_rounds, options.max_rounds) for row in rows]
+    harmful = [row.harmful for row in rows]
+    metrics = round_metrics(labels, predicted.tolist(), harmful, options.max_rounds)
+    by_source: dict[str, Any] = {}
+    for source, harmful_flag in sorted({(row.source, row.harmful) for row in rows}):
+        picked = [i for i, row in enumerate(rows) if row.source == source and row.harmful == harmful_flag]
+        name = f"{source}:{'harmful' if harmful_flag else 'benign'}"
+        by_source[name] = round_metrics(
+            [labels[i] for i in picked],
+            [int(predicted[i]) for i in picked],
+            [harmful_flag] * len(picked),
+            options.max_rounds,
+        )
+    metrics["by_source"] = by_source
+    return metrics
+
+
+def _strata(rows: Sequence[LabelledRow], minimum: int) -> npt.NDArray[np.str_]:
+    """Stratify by source and harmfulness; fall back to harmfulness when a stratum is too small to split."""
+    keys = np.array([f"{row.source}:{row.harmful}" for row in rows])
+    if min(Counter(keys.tolist()).values()) < minimum:
+        keys = np.array([str(row.harmful) for row in rows])
+    return keys
+
+
+def _training_info(options: TrainOptions, train_rows: int, test_rows: int) -> dict[str, Any]:
+    return {
+        "model": (
+            f"LogisticRegression(C={options.regularization}, class_weight=balanced) "
+            "over hashed n-grams and cheap signals"
+        ),
+        "seed": options.seed,
+        "test_size": options.test_size,
+        "train_rows": train_rows,
+        "held_out_rows": test_rows,
+        "stratified_by": "source and harmfulness",
+        "target_under_share": options.target_under_share,
+        "tail_risk_calibration": f"{options.folds}-fold out-of-fold on the training split",
+        "eval_only_sources": sorted(EVAL_ONLY_SOURCES),
+    }
+
+
+def _rounded(value: Any) -> float:
+    return round(float(value), 4)

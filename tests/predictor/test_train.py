@@ -1,0 +1,135 @@
+"""Training: sane held-out behaviour, the metrics' arithmetic, and `twice predictor train` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from predictor.errors import LabelsError
+from predictor.labels import LabelledRow, read_labels
+from predictor.model import CARD_FILE, RoundPredictor
+from predictor.train import EVAL_ONLY_SOURCES, round_metrics, train
+from tests.predictor.conftest import SMALL_OPTIONS
+
+
+def test_round_metrics_arithmetic() -> None:
+    metrics = round_metrics(
+        labels=[0, 0, 8, 8, 3],
+        predicted=[0, 8, 8, 2, 3],
+        harmful=[False, False, True, True, True],
+        max_rounds=8,
+    )
+    assert metrics["benign_rounds_saved_pct"] == 50.0
+    assert metrics["harmful_under_share"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["mae"] == pytest.approx((8 + 6) / 5)
+    assert (metrics["benign"], metrics["harmful"]) == (2, 3)
+
+
+def test_held_out_benign_prompts_get_fewer_rounds(trained: RoundPredictor) -> None:
+    held_out = trained.card.metrics["held_out"]
+    assert held_out["benign"] > 20
+    assert held_out["harmful"] > 20
+    assert held_out["benign_mean_rounds"] < held_out["harmful_mean_rounds"]
+    assert held_out["benign_rounds_saved_pct"] > 0
+    assert held_out["harmful_under_share"] <= 0.25
+
+
+def test_eval_only_sources_are_reported_but_not_trained_on(trained: RoundPredictor) -> None:
+    (source,) = EVAL_ONLY_SOURCES
+    metrics = trained.card.metrics
+    assert metrics["eval_only_sources"]["benign"] == 60
+    assert f"{source}:benign" not in metrics["held_out"]["by_source"]
+    trained_rows = trained.card.training["train_rows"] + trained.card.training["held_out_rows"]
+    assert trained_rows == 60 * 6 - 60
+
+
+def test_tail_risk_is_calibrated_from_the_target(small_rows: list[LabelledRow]) -> None:
+    strict = train(small_rows, dataclasses.replace(SMALL_OPTIONS, target_under_share=0.0))
+    loose = train(small_rows, dataclasses.replace(SMALL_OPTIONS, target_under_share=0.5))
+    assert strict.card.tail_risk < loose.card.tail_risk
+    assert (
+        strict.card.metrics["held_out"]["harmful_mean_rounds"]
+        >= loose.card.metrics["held_out"]["harmful_mean_rounds"]
+    )
+
+
+def test_one_label_only_is_refused(small_rows: list[LabelledRow]) -> None:
+    harmful_only = [row for row in small_rows if row.harmful]
+    with pytest.raises(LabelsError, match="two distinct"):
+        train(harmful_only, SMALL_OPTIONS)
+
+
+def test_malformed_labels_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    good = {"id": "a", "source": "s", "harmful": True, "messages": [], "label_rounds": 8}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label_rounds": -1}) + "\n")
+    with pytest.raises(LabelsError, match=r"labels\.jsonl:2"):
+        read_labels(path)
+
+
+def test_cli_train_writes_a_loadable_artifact_and_card(small_labels_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "predictor",
+            "train",
+            "--labels",
+            str(small_labels_file),
+            "--out",
+            str(out),
+            "--max-rounds",
+            "6",
+            "--seed",
+            "3",
+            "--test-size",
+            "0.3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "benign rounds saved" in result.stdout
+    assert "harmful under-provisioned" in result.stdout
+    predictor = RoundPredictor.load(out)
+    card = json.loads((out / CARD_FILE).read_text())
+    assert predictor.max_rounds == 6
+    assert card["classes"] == [0, 6]
+    assert card["training"]["seed"] == 3
+    assert card["training_data"]["rows"] == len(read_labels(small_labels_file))
+    assert card["versions"]["scikit-learn"]
+    held_out = card["metrics"]["held_out"]
+    assert held_out["benign_mean_rounds"] < held_out["harmful_mean_rounds"]
+
+
+def test_cli_train_reports_a_bad_labels_file(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text("{not json\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "predictor",
+            "train",
+            "--labels",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "labels.jsonl:1" in result.stderr
