@@ -11,6 +11,8 @@ import os
 from collections.abc import Sequence
 
 from app.settings import Settings
+from evaluation.cli import register as register_eval
+from predictor.cli import register as register_predictor
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=["embedded", "vllm"], help="Model backend (TWICE_BACKEND).")
     serve.add_argument("--upstream", help="vLLM server base URL (TWICE_VLLM__UPSTREAM).")
     serve.set_defaults(handler=_serve)
+    register_predictor(commands)
+    register_eval(commands)
     return parser
 
 

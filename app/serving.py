@@ -1,56 +1,37 @@
-"""Chat completions: from a validated request to a JSON or SSE response. No route decorators here."""
+"""Chat completions: from a request body to a JSON or SSE response. No route decorators here.
+
+A request whose plan applies no strategy goes to vLLM byte for byte (app/passthrough.py) when the backend is
+vllm; every other request runs its plan through `refiners.pipeline.run_plan`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import InvalidRequest, NotFound, as_twice_error
-from app.metrics import GatewayMetrics, outcome_of
+from app.metrics import GatewayMetrics, MetricsObserver, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
-from app.protocol.chat import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Choice,
-    PromptTokensDetails,
-    UsageInfo,
-)
+from app.plan import STRATEGY_HEADER, Plan, parse_plan
+from app.protocol.chat import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
 from app.requests import check_limits, load_json_object, parse_chat_request
+from app.responses import RequestContext, plan_headers, twice_extension, usage_info
 from app.settings import Settings
-from app.streaming import DONE, SSE_HEADERS, sse_error, sse_event
-from refiners.backend import Backend, GenerationRequest, Sampling, Usage
+from app.streaming import DONE, SSE_HEADERS, sse_error
+from refiners.backend import Backend, Sampling
+from refiners.base import Conversation, Finished, Run, Strategy, TextPiece
+from refiners.config import RefinerConfig
+from refiners.ledger import Ledger
+from refiners.pipeline import run_plan
 
 log = logging.getLogger("twice.serving")
 
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    request_id: str
-    created: int
-    started: float
-
-    @classmethod
-    def new(cls) -> RequestContext:
-        return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.perf_counter())
-
-    def headers(self) -> dict[str, str]:
-        return {"X-Twice-Request-Id": self.request_id}
-
-
-def usage_info(usage: Usage) -> UsageInfo:
-    return UsageInfo(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.prompt_tokens + usage.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
+RoundsPolicy = Callable[[Conversation], int]
+"""Chooses psr rounds for `X-Twice-Rounds: auto`."""
 
 
 class ChatService:
@@ -59,44 +40,41 @@ class ChatService:
         backend: Backend,
         metrics: GatewayMetrics,
         settings: Settings,
+        strategies: Mapping[str, Strategy],
+        auto_rounds: RoundsPolicy,
         forwarder: ForwardingBackend | None = None,
     ) -> None:
         self._backend = backend
         self._metrics = metrics
-        self._limits = settings.limits
+        self._observer = MetricsObserver(metrics)
+        self._settings = settings
+        self._strategies = strategies
+        self._auto_rounds = auto_rounds
         self._forwarder = forwarder
+        self._refiner_config = RefinerConfig(
+            psr=settings.psr,
+            self_refine=settings.self_refine,
+            self_question=settings.self_question,
+            role_play=settings.role_play,
+            budget=settings.budget,
+        )
 
-    async def handle(self, body: bytes) -> Response:
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> Response:
         """Every outcome is counted here, errors included (they are raised on to the one error handler)."""
         stream = "false"
         try:
             payload = load_json_object(body)
-            check_limits(payload, self._limits)
+            check_limits(payload, self._settings.limits)
             stream = "true" if payload.get("stream") is True else "false"
-            if self._forwarder is not None:
+            plan = parse_plan(headers, self._settings.plan)
+            if self._forwarder is not None and not plan.strategies:
                 return await self._pass_through(payload, body, stream=stream == "true")
-            return await self.create(parse_chat_request(payload))
+            return await self.create(parse_chat_request(payload), plan)
         except Exception as exc:
             self._metrics.requests.labels(
                 outcome=outcome_of(as_twice_error(exc).status_code), stream=stream
             ).inc()
             raise
-
-    async def _pass_through(self, payload: dict[str, Any], body: bytes, *, stream: bool) -> Response:
-        assert self._forwarder is not None
-        self.check_model(payload["model"])
-        ctx = RequestContext.new()
-        response = await forward_chat(
-            self._forwarder,
-            body,
-            stream=stream,
-            headers=ctx.headers(),
-            metrics=self._metrics,
-            started=ctx.started,
-        )
-        if not isinstance(response, StreamingResponse):
-            self._observe(ctx, "false", outcome_of(response.status_code))
-        return response
 
     def check_model(self, model: str) -> None:
         if self._backend.model and model != self._backend.model:
@@ -106,116 +84,138 @@ class ChatService:
                 code="model_not_found",
             )
 
-    def generation_request(self, request: ChatCompletionRequest, ctx: RequestContext) -> GenerationRequest:
+    # --- pass-through --------------------------------------------------------------------------------
+
+    async def _pass_through(self, payload: dict[str, Any], body: bytes, *, stream: bool) -> Response:
+        assert self._forwarder is not None
+        self.check_model(payload["model"])
+        ctx = RequestContext.new(payload["model"])
+        headers = {**ctx.headers(), "X-Twice-Strategy-Applied": "none"}
+        response = await forward_chat(
+            self._forwarder, body, stream=stream, headers=headers, metrics=self._metrics, started=ctx.started
+        )
+        if not isinstance(response, StreamingResponse):
+            self._observe(ctx, "false", outcome_of(response.status_code))
+        return response
+
+    # --- strategies ----------------------------------------------------------------------------------
+
+    def _conversation(self, request: ChatCompletionRequest, plan: Plan) -> tuple[Conversation, Sampling]:
         if request.n is not None and request.n != 1:
-            raise InvalidRequest(
-                "Only n=1 is supported on this backend.", param="n", code="unsupported_value"
-            )
+            raise InvalidRequest("Only n=1 is supported here.", param="n", code="unsupported_value")
         messages = tuple(m.to_chat_message() for m in request.messages)
-        if messages[-1].role == "assistant":
-            # A trailing assistant message is a partial answer to continue (as vLLM's continue_final_message).
-            messages, prefix = messages[:-1], messages[-1].content
-        else:
-            prefix = ""
-        if not messages:
+        if plan.strategies and messages[-1].role == "assistant":
+            raise InvalidRequest(
+                "Continuing a partial assistant message works only without strategies.",
+                param=STRATEGY_HEADER,
+                code="unsupported_value",
+            )
+        if messages[0].role == "assistant" and len(messages) == 1:
             raise InvalidRequest("'messages' needs a system or user message.", param="messages")
         sampling = Sampling(
-            max_tokens=request.requested_max_tokens() or self._limits.default_max_tokens,
+            max_tokens=request.requested_max_tokens() or self._settings.limits.default_max_tokens,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             stop=request.stop_sequences(),
             seed=request.seed,
         )
-        return GenerationRequest(
-            messages=messages, sampling=sampling, prefix=prefix, routing_key=ctx.request_id
+        return messages, sampling
+
+    def _new_run(self, messages: Conversation, sampling: Sampling, plan: Plan, ctx: RequestContext) -> Run:
+        rounds = 0
+        if "psr" in plan.strategies:
+            rounds = self._auto_rounds(messages) if plan.rounds == "auto" else plan.rounds
+        ledger = Ledger(
+            backend=self._backend,
+            budget=self._settings.budget,
+            tracing=plan.trace,
+            observer=self._observer,
+            routing_key=ctx.request_id,
+        )
+        return Run(
+            messages=messages, sampling=sampling, config=self._refiner_config, ledger=ledger, rounds=rounds
         )
 
-    async def create(self, request: ChatCompletionRequest) -> Response:
+    async def create(self, request: ChatCompletionRequest, plan: Plan) -> Response:
         self.check_model(request.model)
-        ctx = RequestContext.new()
-        generation = self.generation_request(request, ctx)
+        messages, sampling = self._conversation(request, plan)
+        ctx = RequestContext.new(request.model)
+        run = self._new_run(messages, sampling, plan, ctx)
+        headers = plan_headers(plan, ctx)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(generation, request.model, ctx, include_usage),
+                self._stream(run, plan, ctx, include_usage),
                 media_type="text/event-stream",
-                headers={**SSE_HEADERS, **ctx.headers()},
+                headers={**SSE_HEADERS, **headers},
             )
-        completion = await self._backend.complete(generation)
-        self._metrics.count_tokens(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        parts: list[str] = []
+        finished = Finished("stop", 0)
+        async for event in run_plan(plan.strategies, self._strategies, run):
+            if isinstance(event, TextPiece):
+                parts.append(event.text)
+            else:
+                finished = event
+        self._count_run(run, finished)
         body = ChatCompletion(
             id=ctx.request_id,
             created=ctx.created,
             model=request.model,
             choices=[
-                Choice(
-                    message=AssistantMessage(content=completion.text), finish_reason=completion.finish_reason
-                )
+                Choice(message=AssistantMessage(content="".join(parts)), finish_reason=finished.finish_reason)
             ],
-            usage=usage_info(completion.usage),
+            usage=usage_info(run.ledger.usage, finished.visible_tokens),
+            twice=twice_extension(run, plan, ctx),
         )
         self._observe(ctx, "false", "ok")
+        headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
         return Response(
-            body.model_dump_json(exclude_none=True), media_type="application/json", headers=ctx.headers()
+            body.model_dump_json(exclude_none=True), media_type="application/json", headers=headers
         )
 
-    def _observe(self, ctx: RequestContext, stream: str, outcome: str) -> None:
-        self._metrics.requests.labels(outcome=outcome, stream=stream).inc()
-        self._metrics.request_latency.labels(stream=stream).observe(time.perf_counter() - ctx.started)
-
     async def _stream(
-        self, generation: GenerationRequest, model: str, ctx: RequestContext, include_usage: bool
+        self, run: Run, plan: Plan, ctx: RequestContext, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            return sse_event(
-                {
-                    "id": ctx.request_id,
-                    "object": "chat.completion.chunk",
-                    "created": ctx.created,
-                    "model": model,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-                    ],
-                }
-            )
-
         outcome = "cancelled"
-        first_token = True
+        first_text = True
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            usage = Usage()
-            finish = "stop"
-            async for piece in self._backend.stream(generation):
-                if piece.text:
-                    if first_token:
+            yield ctx.chunk({"role": "assistant", "content": ""})
+            finished = Finished("stop", 0)
+            async for event in run_plan(plan.strategies, self._strategies, run):
+                if isinstance(event, Finished):
+                    finished = event
+                elif event.text:
+                    if first_text:
                         self._metrics.time_to_first_token.observe(time.perf_counter() - ctx.started)
-                        first_token = False
-                    yield chunk({"content": piece.text})
-                if piece.finish_reason is not None:
-                    finish = piece.finish_reason
-                if piece.usage is not None:
-                    usage = piece.usage
-            yield chunk({}, finish)
+                        first_text = False
+                    yield ctx.chunk({"content": event.text})
+            self._count_run(run, finished)
+            yield ctx.chunk({}, finished.finish_reason, twice=twice_extension(run, plan, ctx))
             if include_usage:
-                yield sse_event(
-                    {
-                        "id": ctx.request_id,
-                        "object": "chat.completion.chunk",
-                        "created": ctx.created,
-                        "model": model,
-                        "choices": [],
-                        "usage": usage_info(usage).model_dump(),
-                    }
-                )
-            self._metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens)
+                yield ctx.usage_chunk(usage_info(run.ledger.usage, finished.visible_tokens))
             outcome = "ok"
             yield DONE
         except Exception as exc:
             error = as_twice_error(exc)
-            if error.status_code >= 500 and not isinstance(exc, type(error)):
-                log.warning("stream failed after it started: %s", type(exc).__name__)
+            if error.status_code >= 500:
+                log.warning("stream %s failed after it started: %s", ctx.request_id, type(exc).__name__)
             outcome = "backend_error" if error.status_code in (502, 503, 504) else "server_error"
             yield sse_error(error)
             yield DONE
         finally:
             self._observe(ctx, "true", outcome)
+
+    def _count_run(self, run: Run, finished: Finished) -> None:
+        usage = run.ledger.usage
+        self._metrics.count_tokens(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            max(0, usage.completion_tokens - finished.visible_tokens),
+        )
+        if run.rounds:
+            self._metrics.rounds.labels(kind="granted").inc(run.rounds)
+            self._metrics.rounds.labels(kind="used").inc(run.rounds_used)
+
+    def _observe(self, ctx: RequestContext, stream: str, outcome: str) -> None:
+        self._metrics.requests.labels(outcome=outcome, stream=stream).inc()
+        self._metrics.request_latency.labels(stream=stream).observe(time.perf_counter() - ctx.started)

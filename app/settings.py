@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from refiners.config import BudgetConfig, PsrConfig, RolePlayConfig, SelfQuestionConfig, SelfRefineConfig
+
 BackendKind = Literal["embedded", "vllm"]
 
 
@@ -74,6 +76,22 @@ class LimitSettings(BaseModel):
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none.")
 
 
+class PlanSettings(BaseModel):
+    strategies: str = Field(
+        "none",
+        description="Default plan when a request sends no X-Twice-Strategy: a comma list "
+        "(psr, self_refine, self_question, role_play) or `none`.",
+    )
+    rounds: str = Field("auto", description="Default psr rounds: `auto` (the predictor) or an integer.")
+    max_rounds: int = Field(16, ge=0, le=64, description="Most psr rounds a request may get.")
+    auto_rounds: int = Field(4, ge=0, le=64, description="Rounds `auto` grants when the predictor is off.")
+    predictor: bool = Field(True, description="`auto` asks the round predictor (see docs/predictor.md).")
+    predictor_path: Path | None = Field(
+        None, description="Directory of a predictor artifact and its card; default: the one shipped."
+    )
+    auto_floor: int = Field(0, ge=0, le=64, description="Fewest rounds `auto` grants.")
+
+
 class Settings(BaseSettings):
     """All of the gateway's settings. Environment: `TWICE_BACKEND=vllm`, `TWICE_VLLM__UPSTREAM=...`."""
 
@@ -86,6 +104,12 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    plan: PlanSettings = Field(default_factory=PlanSettings)
+    psr: PsrConfig = Field(default_factory=PsrConfig)
+    self_refine: SelfRefineConfig = Field(default_factory=SelfRefineConfig)
+    self_question: SelfQuestionConfig = Field(default_factory=SelfQuestionConfig)
+    role_play: RolePlayConfig = Field(default_factory=RolePlayConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @field_validator("backend", mode="before")
     @classmethod

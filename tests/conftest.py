@@ -53,3 +53,20 @@ def gateway() -> Iterator[str]:
 def vllm_gateway(stub_url: str) -> Iterator[str]:
     with running_gateway("--backend", "vllm", "--upstream", stub_url) as base:
         yield base
+
+
+# Strategy settings small enough for end-to-end runs on 2 CPU cores; the mechanics are the same.
+SMALL_STRATEGIES = {
+    "TWICE_SELF_QUESTION__QUESTIONS": "2",
+    "TWICE_SELF_QUESTION__ANSWER_TOKENS": "24",
+    "TWICE_SELF_REFINE__FEEDBACK_TOKENS": "32",
+    "TWICE_ROLE_PLAY__ROLE_TOKENS": "32",
+    "TWICE_PSR__CHUNK_TOKENS": "8",
+}
+
+
+@pytest.fixture(scope="session")
+def strategy_gateway() -> Iterator[str]:
+    """`twice serve` on the embedded model with small strategy budgets."""
+    with running_gateway(env=SMALL_STRATEGIES) as base:
+        yield base

@@ -32,4 +32,4 @@ _REQUEST_BODY = {
 async def create_chat_completion(request: Request, services: ServicesDep) -> Response:
     # The body is read here, not declared as a parameter, so the size limit applies before it is parsed.
     body = await read_body(request, services.settings.limits.max_body_bytes)
-    return await services.chat.handle(body)
+    return await services.chat.handle(body, request.headers)

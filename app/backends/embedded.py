@@ -45,6 +45,7 @@ log = logging.getLogger("twice.backends.embedded")
 _T = TypeVar("_T")
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MIN_REUSE_TOKENS = 32
 
 
 class ContextLengthExceeded(BackendRejected):
@@ -188,15 +189,20 @@ class EmbeddedBackend:
         return ids
 
     def _pick_slot(self, request: GenerationRequest) -> tuple[_Slot, list[int], int]:
+        """The context holding the longest useful prefix of the prompt; else the least recently used one.
+
+        A prefix shorter than MIN_REUSE_TOKENS (the chat template's opening, a shared system line) is not
+        worth evicting another conversation's cache for."""
         if not self._slots:
             raise BackendUnavailable("the embedded model is not loaded")
         prompt = self._prompt(self._slots[0].llm, request)
-        best = max(
-            self._slots,
-            key=lambda slot: (_common_prefix(slot.llm._input_ids, prompt), -slot.last_used),
-        )
-        best.last_used = time.monotonic()
-        return best, prompt, _common_prefix(best.llm._input_ids, prompt)
+        shared = [_common_prefix(slot.llm._input_ids, prompt) for slot in self._slots]
+        best = max(range(len(self._slots)), key=shared.__getitem__)
+        if shared[best] < min(MIN_REUSE_TOKENS, len(prompt) - 1):
+            best = min(range(len(self._slots)), key=lambda i: self._slots[i].last_used)
+        slot = self._slots[best]
+        slot.last_used = time.monotonic()
+        return slot, prompt, shared[best]
 
     # --- generation (worker thread) ----------------------------------------------------------------------
 

@@ -1,0 +1,203 @@
+"""psr: Progressive Self-Reflection (Phan, Li, Lei, EMNLP Findings 2025, arXiv 2510.01270).
+
+The answer is generated K tokens at a time. While reflection rounds remain, each chunk is held back and the
+model is asked, in a review prompt of its own where the request and the answer so far are fenced data,
+whether the answer so far is harmful; one token is requested and scored s = P(Yes) / (P(Yes) + P(No)).
+- safe (s < tau): the chunk joins the answer and is released to the client;
+- harmful: the chunk is discarded (backtrack to the last safe checkpoint) and regenerated after a hidden
+  self-correction cue; after B harmful verdicts at one checkpoint the answer ends in a refusal with
+  finish_reason "content_filter".
+With `final_check`, the last round covers the whole rest of the answer. Once the rounds are spent the rest
+streams unchecked, so N = 0 is exactly plain generation. Text the client already received is never taken
+back: a refusal follows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
+
+from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiece, last_user_text
+from refiners.config import RefinerConfig
+from refiners.fence import BoundaryCollision, Fence, fence_for
+from refiners.generation import plain_generate
+from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
+from refiners.prompts import render, template
+from refiners.verdict import score_yes_no
+
+
+@dataclass
+class _Progress:
+    """How far one guarded answer has got."""
+
+    request_text: str
+    fence: Fence = field(default_factory=Fence.new)
+    visible: str = ""
+    """What the client has received."""
+    continued_from: str = ""
+    """What the model continues: the visible text plus any hidden steering cue."""
+    visible_tokens: int = 0
+    checkpoint: int = 1
+    harmful_here: int = 0
+
+    def accept(self, text: str, tokens: int) -> None:
+        self.visible += text
+        self.continued_from += text
+        self.visible_tokens += tokens
+        self.checkpoint += 1
+        self.harmful_here = 0
+
+
+class Psr:
+    name: ClassVar[str] = "psr"
+    stage: ClassVar[Literal["guard"]] = "guard"
+
+    def __init__(self, config: RefinerConfig | None = None) -> None:
+        del config  # reads its settings from each request's Run
+
+    def generate(
+        self, messages: Conversation, sampling: Sampling, run: Run
+    ) -> AsyncIterator[GenerationEvent]:
+        return self._generate(messages, sampling, run)
+
+    async def _generate(
+        self, messages: Conversation, sampling: Sampling, run: Run
+    ) -> AsyncIterator[GenerationEvent]:
+        progress = _Progress(request_text=last_user_text(run.messages))
+        progress.fence = fence_for(progress.request_text)
+        while True:
+            remaining = sampling.max_tokens - progress.visible_tokens
+            if remaining <= 0:
+                yield Finished("length", progress.visible_tokens)
+                return
+            if run.rounds_used >= run.rounds:
+                async for event in self._unchecked_rest(
+                    messages, sampling, remaining, progress.continued_from, run
+                ):
+                    yield (
+                        Finished(event.finish_reason, progress.visible_tokens + event.visible_tokens)
+                        if isinstance(event, Finished)
+                        else event
+                    )
+                return
+            async for event in self._checkpoint(messages, sampling, remaining, progress, run):
+                yield event
+                if isinstance(event, Finished):
+                    return
+
+    async def _checkpoint(
+        self, messages: Conversation, sampling: Sampling, remaining: int, progress: _Progress, run: Run
+    ) -> AsyncIterator[GenerationEvent]:
+        """Generate one chunk and check it: release it, backtrack, or refuse. Ends with Finished when done."""
+        config = run.config.psr
+        final = run.rounds - run.rounds_used == 1 and config.final_check
+        size = remaining if final else min(config.chunk_tokens, remaining)
+        request = GenerationRequest(
+            messages, replace(sampling, max_tokens=size), prefix=progress.continued_from
+        )
+        try:
+            chunk = await run.ledger.complete("generate", "generate", request, checkpoint=progress.checkpoint)
+            if not chunk.text:
+                yield Finished(chunk.finish_reason, progress.visible_tokens)
+                return
+            harmful = await self._judge(progress, progress.visible + chunk.text, run)
+        except BudgetExhausted:
+            for event in out_of_budget(run, progress.visible, progress.visible_tokens):
+                yield event
+            return
+        if harmful:
+            run.backtracks += 1
+            run.ledger.observer.backtrack()
+            run.ledger.mark_last_discarded("generate")
+            progress.harmful_here += 1
+            if progress.harmful_here >= config.max_harmful_per_checkpoint:
+                yield refusal(run, progress.visible, "harmful")
+                yield Finished("content_filter", progress.visible_tokens)
+            elif progress.harmful_here == 1:
+                progress.continued_from += template("psr_steer", "cue")
+            return
+        progress.accept(chunk.text, chunk.usage.completion_tokens)
+        yield TextPiece(chunk.text)
+        if chunk.finish_reason == "stop" or final:
+            yield Finished(chunk.finish_reason, progress.visible_tokens)
+
+    @staticmethod
+    async def _unchecked_rest(
+        messages: Conversation, sampling: Sampling, remaining: int, continued_from: str, run: Run
+    ) -> AsyncIterator[GenerationEvent]:
+        if not continued_from:
+            async for event in plain_generate(messages, replace(sampling, max_tokens=remaining), run):
+                yield event
+            return
+        request = GenerationRequest(messages, replace(sampling, max_tokens=remaining), prefix=continued_from)
+        finish = Finished("length", 0)
+        try:
+            async for chunk in run.ledger.stream("generate", "generate", request):
+                if chunk.text:
+                    yield TextPiece(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish = Finished(
+                        chunk.finish_reason, chunk.usage.completion_tokens if chunk.usage else 0
+                    )
+        except BudgetExhausted:
+            pass
+        yield finish
+
+    @staticmethod
+    async def _judge(progress: _Progress, answer_text: str, run: Run) -> bool:
+        config = run.config.psr
+        fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
+        try:
+            user = render(
+                "psr_verdict",
+                "user",
+                boundary=fence.boundary,
+                request_fenced=fence.wrap(request_text),
+                answer_fenced=fence.wrap(answer_text),
+            )
+        except BoundaryCollision:
+            return True  # the boundary leaked into the answer: fail closed
+        request = GenerationRequest(
+            (ChatMessage("system", template("psr_verdict", "system")), ChatMessage("user", user)),
+            Sampling(max_tokens=1, temperature=0.0),
+            prefix=template("psr_verdict", "cue"),
+        )
+        distribution, seconds = await run.ledger.next_token("psr", "verdict", request, config.top_logprobs)
+        run.rounds_used += 1
+        verdict = score_yes_no(distribution.top)
+        harmful = config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
+        run.ledger.observer.verdict(
+            "off_format" if verdict.off_format else ("harmful" if harmful else "safe")
+        )
+        top_token = max(distribution.top, key=distribution.top.__getitem__, default="")
+        run.ledger.trace(
+            TraceStep(
+                strategy="psr",
+                step="verdict",
+                round=run.rounds_used,
+                checkpoint=checkpoint,
+                prompt=prompt_of(request),
+                output=top_token,
+                elapsed_ms=seconds * 1000,
+                score=round(verdict.score, 4),
+                harmful=harmful,
+                off_format=verdict.off_format,
+            )
+        )
+        return harmful
+
+
+def refusal(run: Run, visible: str, reason: str) -> TextPiece:
+    run.refused = True
+    run.ledger.observer.refusal(reason)
+    separator = "\n\n" if visible and not visible[-1].isspace() else ""
+    return TextPiece(separator + run.config.psr.refusal_text)
+
+
+def out_of_budget(run: Run, visible: str, visible_tokens: int) -> list[GenerationEvent]:
+    """Out of calls or time mid-answer: refuse (fail closed) or stop where the answer is (fail open)."""
+    if run.config.psr.fail_closed:
+        return [refusal(run, visible, "budget"), Finished("content_filter", visible_tokens)]
+    return [Finished("length", visible_tokens)]

@@ -1,0 +1,94 @@
+"""self_question: self-questioning before answering ("Introspective Growth", 2025).
+
+The model writes the background questions it would need answered (default 3, at most 5), answers each
+itself, and then answers the user with those Q&A pairs as context in a system message. When the budget runs
+out, whatever Q&A pairs exist are used.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Literal
+
+from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.base import Conversation, Run, last_user_text
+from refiners.config import RefinerConfig
+from refiners.fence import fence_for
+from refiners.ledger import BudgetExhausted
+from refiners.prompts import render, template
+
+QUESTION_TOKENS = 48
+_NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|Q\d*[.:)])\s*", re.IGNORECASE)
+
+
+def parse_questions(text: str, limit: int) -> list[str]:
+    """Non-empty lines with their list markers stripped, at most `limit` of them."""
+    questions: list[str] = []
+    for line in text.splitlines():
+        question = _NUMBERING.sub("", line).strip()
+        if len(question) > 3:
+            questions.append(question[:300])
+        if len(questions) == limit:
+            break
+    return questions
+
+
+def with_system_note(messages: Conversation, note: str) -> Conversation:
+    """The conversation with `note` added to its system message (a new one first if it has none)."""
+    if messages and messages[0].role == "system":
+        return (ChatMessage("system", f"{messages[0].content}\n\n{note}"), *messages[1:])
+    return (ChatMessage("system", note), *messages)
+
+
+class SelfQuestion:
+    name: ClassVar[str] = "self_question"
+    stage: ClassVar[Literal["shaper"]] = "shaper"
+
+    def __init__(self, config: RefinerConfig | None = None) -> None:
+        del config  # reads its settings from each request's Run
+
+    async def shape(self, messages: Conversation, run: Run) -> Conversation:
+        config = run.config.self_question
+        request_text = last_user_text(messages)
+        fence = fence_for(request_text)
+        notes: list[str] = []
+        try:
+            asked = await run.ledger.complete(
+                "self_question",
+                "questions",
+                GenerationRequest(
+                    (
+                        ChatMessage("system", template("self_question_ask", "system")),
+                        ChatMessage(
+                            "user",
+                            render(
+                                "self_question_ask",
+                                "user",
+                                boundary=fence.boundary,
+                                request_fenced=fence.wrap(request_text),
+                                count=config.questions,
+                            ),
+                        ),
+                    ),
+                    Sampling(max_tokens=QUESTION_TOKENS * config.questions, temperature=0.0),
+                ),
+            )
+            for number, question in enumerate(parse_questions(asked.text, config.questions), start=1):
+                answer = await run.ledger.complete(
+                    "self_question",
+                    "answer",
+                    GenerationRequest(
+                        (
+                            ChatMessage("system", template("self_question_answer", "system")),
+                            ChatMessage("user", render("self_question_answer", "user", question=question)),
+                        ),
+                        Sampling(max_tokens=config.answer_tokens, temperature=0.0),
+                    ),
+                    round=number,
+                )
+                notes.append(f"Q{number}: {question}\nA{number}: {answer.text.strip()}")
+        except BudgetExhausted:
+            pass
+        if not notes:
+            return messages
+        return with_system_note(messages, render("self_question_context", "system", notes="\n\n".join(notes)))

@@ -1,0 +1,140 @@
+"""self_refine: SELF-style online refinement (arXiv 2310.00533; Self-Refine, Madaan et al. 2023).
+
+The model writes language feedback on its answer, then a refined answer, for up to `rounds` rounds. It stops
+early when the feedback says no change is needed, keeps the current answer when a rewrite is empty, refused
+by psr, or judged worse by the model itself (an A/B one-token comparison). Rewrites are generated through the
+plan's guard, so psr vets them too. The answer is buffered and sent when final.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.base import Answer, Generate, Run, collect, last_user_text
+from refiners.config import RefinerConfig
+from refiners.fence import fence_for
+from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
+from refiners.prompts import render, template
+from refiners.verdict import score_yes_no
+
+
+def needs_no_change(feedback: str) -> bool:
+    """True when the feedback's first non-empty line is the "VERDICT: OK" marker."""
+    for line in feedback.splitlines():
+        if line.strip():
+            normalised = line.strip().strip("*# ").upper().replace(" ", "")
+            return normalised.startswith("VERDICT:OK")
+    return False
+
+
+class SelfRefine:
+    name: ClassVar[str] = "self_refine"
+    stage: ClassVar[Literal["editor"]] = "editor"
+
+    def __init__(self, config: RefinerConfig | None = None) -> None:
+        del config  # reads its settings from each request's Run
+
+    async def edit(self, answer: Answer, run: Run, generate: Generate) -> Answer:
+        if answer.finish_reason == "content_filter" or not answer.text.strip():
+            return answer
+        request_text = last_user_text(run.messages)
+        for round_number in range(1, run.config.self_refine.rounds + 1):
+            try:
+                improved = await self._refine_once(answer, request_text, run, generate, round_number)
+            except BudgetExhausted:
+                break
+            if improved is None:
+                break
+            answer = improved
+        return answer
+
+    async def _refine_once(
+        self, answer: Answer, request_text: str, run: Run, generate: Generate, round_number: int
+    ) -> Answer | None:
+        """The refined answer, or None to stop and keep `answer`."""
+        fence = fence_for(request_text, answer.text)
+        feedback_request = GenerationRequest(
+            (
+                ChatMessage("system", template("self_refine_feedback", "system")),
+                ChatMessage(
+                    "user",
+                    render(
+                        "self_refine_feedback",
+                        "user",
+                        boundary=fence.boundary,
+                        request_fenced=fence.wrap(request_text),
+                        answer_fenced=fence.wrap(answer.text),
+                    ),
+                ),
+            ),
+            Sampling(max_tokens=run.config.self_refine.feedback_tokens, temperature=0.0),
+        )
+        feedback = await run.ledger.complete("self_refine", "feedback", feedback_request, round=round_number)
+        if needs_no_change(feedback.text):
+            return None
+        fence = fence_for(request_text, answer.text, feedback.text)
+        rewrite_messages = (
+            ChatMessage("system", template("self_refine_rewrite", "system")),
+            ChatMessage(
+                "user",
+                render(
+                    "self_refine_rewrite",
+                    "user",
+                    boundary=fence.boundary,
+                    request_fenced=fence.wrap(request_text),
+                    answer_fenced=fence.wrap(answer.text),
+                    feedback_fenced=fence.wrap(feedback.text),
+                ),
+            ),
+        )
+        refined = await collect(generate(rewrite_messages, run.sampling, run))
+        if refined.finish_reason == "content_filter" or not refined.text.strip():
+            return None
+        if run.config.self_refine.compare and not await self._prefers_second(
+            request_text, answer, refined, run
+        ):
+            return None
+        return refined
+
+    @staticmethod
+    async def _prefers_second(request_text: str, first: Answer, second: Answer, run: Run) -> bool:
+        """The model's own A/B judgement; an off-format judgement keeps the refinement."""
+        fence = fence_for(request_text, first.text, second.text)
+        request = GenerationRequest(
+            (
+                ChatMessage("system", template("self_refine_compare", "system")),
+                ChatMessage(
+                    "user",
+                    render(
+                        "self_refine_compare",
+                        "user",
+                        boundary=fence.boundary,
+                        request_fenced=fence.wrap(request_text),
+                        first_fenced=fence.wrap(first.text),
+                        second_fenced=fence.wrap(second.text),
+                    ),
+                ),
+            ),
+            Sampling(max_tokens=1, temperature=0.0),
+            prefix=template("self_refine_compare", "cue"),
+        )
+        distribution, seconds = await run.ledger.next_token(
+            "self_refine", "compare", request, run.config.psr.top_logprobs
+        )
+        verdict = score_yes_no(distribution.top, yes=frozenset({"b"}), no=frozenset({"a"}))
+        keep_second = verdict.off_format or verdict.score >= 0.5
+        run.ledger.trace(
+            TraceStep(
+                strategy="self_refine",
+                step="compare",
+                round=0,
+                checkpoint=0,
+                prompt=prompt_of(request),
+                output="B" if keep_second else "A",
+                elapsed_ms=seconds * 1000,
+                score=round(verdict.score, 4),
+                off_format=verdict.off_format,
+            )
+        )
+        return keep_second
