@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: install run test lint format check-types bench clean
 
 # Optional pieces add their own targets and test prerequisites (TEST_PREREQS) here.
--include deploy/deploy.mk
+-include deploy/deploy.mk $(wildcard mk/*.mk)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
