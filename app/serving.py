@@ -13,7 +13,9 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from app.backends import GatewayBackend
 from app.errors import InvalidRequest, NotFound, as_twice_error
+from app.fields import extra_fields
 from app.metrics import GatewayMetrics, MetricsObserver, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
 from app.plan import STRATEGY_HEADER, Plan, parse_plan
@@ -22,7 +24,7 @@ from app.requests import check_limits, load_json_object, parse_chat_request
 from app.responses import RequestContext, plan_headers, twice_extension, usage_info
 from app.settings import Settings
 from app.streaming import DONE, SSE_HEADERS, sse_error
-from refiners.backend import Backend, Sampling
+from refiners.backend import Sampling
 from refiners.base import Conversation, Finished, Run, Strategy, TextPiece
 from refiners.config import RefinerConfig
 from refiners.ledger import Ledger
@@ -37,7 +39,7 @@ RoundsPolicy = Callable[[Conversation], int]
 class ChatService:
     def __init__(
         self,
-        backend: Backend,
+        backend: GatewayBackend,
         metrics: GatewayMetrics,
         settings: Settings,
         strategies: Mapping[str, Strategy],
@@ -76,10 +78,10 @@ class ChatService:
             ).inc()
             raise
 
-    def check_model(self, model: str) -> None:
-        if self._backend.model and model != self._backend.model:
+    async def check_model(self, model: str) -> None:
+        if not await self._backend.serves(model):
             raise NotFound(
-                f"The model '{model}' does not exist; this server serves '{self._backend.model}'.",
+                f"The model '{model}' does not exist or is not served here; GET /v1/models lists them.",
                 param="model",
                 code="model_not_found",
             )
@@ -88,7 +90,7 @@ class ChatService:
 
     async def _pass_through(self, payload: dict[str, Any], body: bytes, *, stream: bool) -> Response:
         assert self._forwarder is not None
-        self.check_model(payload["model"])
+        await self.check_model(payload["model"])
         ctx = RequestContext.new(payload["model"])
         headers = {**ctx.headers(), "X-Twice-Strategy-Applied": "none"}
         response = await forward_chat(
@@ -102,7 +104,12 @@ class ChatService:
 
     def _conversation(self, request: ChatCompletionRequest, plan: Plan) -> tuple[Conversation, Sampling]:
         if request.n is not None and request.n != 1:
-            raise InvalidRequest("Only n=1 is supported here.", param="n", code="unsupported_value")
+            where = f"X-Twice-Strategy: {plan.applied}" if plan.strategies else "the embedded backend"
+            raise InvalidRequest(
+                f"n={request.n} cannot be honoured with {where}; only n=1.",
+                param="n",
+                code="unsupported_value",
+            )
         messages = tuple(m.to_chat_message() for m in request.messages)
         if plan.strategies and messages[-1].role == "assistant":
             raise InvalidRequest(
@@ -131,16 +138,19 @@ class ChatService:
             tracing=plan.trace,
             observer=self._observer,
             routing_key=ctx.request_id,
+            model=ctx.model,
         )
         return Run(
             messages=messages, sampling=sampling, config=self._refiner_config, ledger=ledger, rounds=rounds
         )
 
     async def create(self, request: ChatCompletionRequest, plan: Plan) -> Response:
-        self.check_model(request.model)
+        await self.check_model(request.model)
         messages, sampling = self._conversation(request, plan)
+        extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
         ctx = RequestContext.new(request.model)
         run = self._new_run(messages, sampling, plan, ctx)
+        run.extra = extra
         headers = plan_headers(plan, ctx)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
@@ -47,6 +47,10 @@ class GenerationRequest:
     """A partial assistant answer to continue; the result holds only the new text."""
     routing_key: str | None = None
     """Same for every call of one client request, so a multi-replica upstream keeps them together."""
+    model: str = ""
+    """The model to ask for; empty: the backend's own."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Backend-specific request fields carried unchanged (vLLM sampling and template fields)."""
 
 
 @dataclass(frozen=True, slots=True)

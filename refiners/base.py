@@ -11,9 +11,9 @@ and the `Ledger` through which every backend call goes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 from refiners.backend import ChatMessage, Sampling
 from refiners.config import RefinerConfig
@@ -57,6 +57,8 @@ class Run:
     ledger: Ledger
     rounds: int = 0
     """psr reflection rounds granted to this request."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Backend fields carried to every call that writes the answer (never to self-checks)."""
     rounds_used: int = 0
     backtracks: int = 0
     refused: bool = False

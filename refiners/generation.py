@@ -12,9 +12,14 @@ from refiners.ledger import BudgetExhausted
 async def plain_generate(
     messages: Conversation, sampling: Sampling, run: Run
 ) -> AsyncIterator[GenerationEvent]:
+    """A trailing assistant message is a partial answer, continued rather than answered."""
+    if messages and messages[-1].role == "assistant":
+        request = GenerationRequest(messages[:-1], sampling, prefix=messages[-1].content, extra=run.extra)
+    else:
+        request = GenerationRequest(messages, sampling, extra=run.extra)
     finish: Finished = Finished("length", 0)
     try:
-        async for chunk in run.ledger.stream("generate", "generate", GenerationRequest(messages, sampling)):
+        async for chunk in run.ledger.stream("generate", "generate", request):
             if chunk.text:
                 yield TextPiece(chunk.text)
             if chunk.finish_reason is not None:

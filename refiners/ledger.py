@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from refiners.backend import (
@@ -103,6 +103,7 @@ class Ledger:
     tracing: bool = False
     observer: Observer = field(default_factory=NullObserver)
     routing_key: str | None = None
+    model: str = ""
     started: float = field(default_factory=time.monotonic)
     calls: int = 0
     usage: Usage = field(default_factory=Usage)
@@ -126,9 +127,12 @@ class Ledger:
         self.calls += 1
 
     def _with_routing(self, request: GenerationRequest) -> GenerationRequest:
-        if self.routing_key is None or request.routing_key == self.routing_key:
-            return request
-        return GenerationRequest(request.messages, request.sampling, request.prefix, self.routing_key)
+        """Every call of the request carries its routing key and model."""
+        return replace(
+            request,
+            routing_key=self.routing_key if self.routing_key is not None else request.routing_key,
+            model=request.model or self.model,
+        )
 
     # --- accounting --------------------------------------------------------------------------------------
 

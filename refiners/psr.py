@@ -95,7 +95,7 @@ class Psr:
         final = run.rounds - run.rounds_used == 1 and config.final_check
         size = remaining if final else min(config.chunk_tokens, remaining)
         request = GenerationRequest(
-            messages, replace(sampling, max_tokens=size), prefix=progress.continued_from
+            messages, replace(sampling, max_tokens=size), prefix=progress.continued_from, extra=run.extra
         )
         try:
             chunk = await run.ledger.complete("generate", "generate", request, checkpoint=progress.checkpoint)
@@ -131,7 +131,9 @@ class Psr:
             async for event in plain_generate(messages, replace(sampling, max_tokens=remaining), run):
                 yield event
             return
-        request = GenerationRequest(messages, replace(sampling, max_tokens=remaining), prefix=continued_from)
+        request = GenerationRequest(
+            messages, replace(sampling, max_tokens=remaining), prefix=continued_from, extra=run.extra
+        )
         finish = Finished("length", 0)
         try:
             async for chunk in run.ledger.stream("generate", "generate", request):

@@ -18,6 +18,10 @@ class GatewayBackend(Backend, Protocol):
 
     async def list_models(self) -> list[str]: ...
 
+    async def serves(self, model: str) -> bool:
+        """Whether requests may name `model`."""
+        ...
+
 
 def build_backend(settings: Settings) -> GatewayBackend:
     """The configured backend, not yet started. llama_cpp is imported only when the embedded one starts."""

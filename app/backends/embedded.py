@@ -169,6 +169,9 @@ class EmbeddedBackend:
     async def list_models(self) -> list[str]:
         return [self.model]
 
+    async def serves(self, model: str) -> bool:
+        return model == self.model
+
     # --- prompt handling (worker thread) -----------------------------------------------------------------
 
     @staticmethod
@@ -177,6 +180,8 @@ class EmbeddedBackend:
         return ids
 
     def _prompt(self, llm: Any, request: GenerationRequest) -> list[int]:
+        if request.extra:
+            raise BackendRejected(f"the embedded backend does not take {sorted(request.extra)}")
         ids = render_chatml(
             request.messages,
             lambda text, special: self._tokenize(llm, text, special=special),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,8 @@ from refiners.backend import (
 )
 
 log = logging.getLogger("twice.backends.vllm")
+
+MODELS_REFRESH_S = 10.0
 
 
 def _usage(payload: dict[str, Any] | None) -> Usage:
@@ -85,6 +88,8 @@ class VllmBackend:
         self._base = settings.upstream.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._model = settings.model or ""
+        self._known_models: frozenset[str] = frozenset()
+        self._models_checked = -MODELS_REFRESH_S
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -128,7 +133,21 @@ class VllmBackend:
         models = [str(card["id"]) for card in orjson.loads(body).get("data", []) if "id" in card]
         if models and not self._model:
             self._model = models[0]
+        self._known_models = frozenset(models)
+        self._models_checked = time.monotonic()
         return models
+
+    async def serves(self, model: str) -> bool:
+        """Checked against vLLM's own list (base models and LoRA adapters), asked again at most every
+        MODELS_REFRESH_S when a name is not on it. While vLLM cannot be asked, the call decides (503)."""
+        if model in self._known_models:
+            return True
+        if time.monotonic() - self._models_checked >= MODELS_REFRESH_S:
+            try:
+                await self.list_models()
+            except BackendError:
+                return True
+        return model in self._known_models
 
     async def check_ready(self) -> bool:
         try:
@@ -190,7 +209,8 @@ class VllmBackend:
         messages: list[dict[str, str]] = [{"role": m.role, "content": m.content} for m in request.messages]
         sampling = request.sampling
         payload: dict[str, Any] = {
-            "model": self._model,
+            **request.extra,
+            "model": request.model or self._model,
             "messages": messages,
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,

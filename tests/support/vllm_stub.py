@@ -2,26 +2,23 @@
 
 It is a fake (there is no GPU here to run vLLM), and only a fake of the behaviour the gateway relies on:
 - `GET /health`, `GET /v1/models`;
-- `POST /v1/chat/completions`, JSON and SSE (`stream_options.include_usage`, `data: [DONE]`);
+- `POST /v1/chat/completions`, JSON and SSE (`stream_options.include_usage`, `data: [DONE]`), `n`, `tools`
+  (tool_calls, streamed as deltas), JSON `response_format`, `logprobs`/`top_logprobs` (vLLM caps k at
+  `--max-logprobs`, 20);
 - `continue_final_message: true` with `add_generation_prompt: false` continues the last assistant message;
-- `logprobs: true, top_logprobs: k` returns the first token's top-k (vLLM caps k at `--max-logprobs`, 20);
 - `usage.prompt_tokens_details.cached_tokens` from a prefix cache of earlier prompts (automatic prefix
   caching), in whole blocks of 16 tokens as vLLM counts them;
 - a 404 error object for an unknown model, 400 for a malformed request.
 
-Its "model" is deterministic: the answer to a conversation is a fixed word sequence chosen by a hash of
-the conversation, one word per token, so a continuation is exactly the rest of the answer. The first-token
-distribution puts P("Yes") = `yes_probability(prompt)`: 0.9 when the prompt contains UNSAFE, else 0.05.
-
-Knobs for benchmarks and fault tests: `latency_s` before each answer, `token_delay_s` between streamed
-tokens. Every request body is kept in `received` so tests can assert what reached "vLLM".
+What it answers is tests/support/fake_model.py. Knobs for benchmarks and fault tests: `latency_s` before each
+answer, `token_delay_s` between streamed tokens. Every request body is kept in `received` (unless
+`keep_received` is off) so tests can assert what reached "vLLM".
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import socket
 import threading
 from collections.abc import Iterator
@@ -32,45 +29,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-WORDS = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-]
+from tests.support.fake_model import Choice, answer, prompt_words, yes_probability
+
+__all__ = ["StubState", "VllmStub", "free_port", "running_stub", "yes_probability"]
+
 BLOCK = 16
-MAX_LOGPROBS = 20
-
-
-def yes_probability(prompt_text: str) -> float:
-    return 0.9 if "UNSAFE" in prompt_text else 0.05
 
 
 @dataclass
 class StubState:
     model: str = "stub-model"
+    extra_models: tuple[str, ...] = ()
     latency_s: float = 0.0
     token_delay_s: float = 0.0
     answer_length: int = 64
@@ -79,15 +48,6 @@ class StubState:
     cache: list[tuple[str, ...]] = field(default_factory=list)
     keep_received: bool = True
     created: int = 1_700_000_000
-
-
-def _tokens(text: str) -> list[str]:
-    return text.split()
-
-
-def _answer(conversation_key: str, length: int) -> list[str]:
-    seed = int.from_bytes(hashlib.sha256(conversation_key.encode()).digest()[:4], "big")
-    return [WORDS[(seed + i * 7) % len(WORDS)] for i in range(length)]
 
 
 def _error(status: int, message: str, code: str | None = None) -> web.Response:
@@ -107,14 +67,11 @@ class VllmStub:
         return web.Response(text="")
 
     async def models(self, _: web.Request) -> web.Response:
-        card = {
-            "id": self.state.model,
-            "object": "model",
-            "created": 0,
-            "owned_by": "vllm",
-            "max_model_len": 4096,
-        }
-        return web.json_response({"object": "list", "data": [card]})
+        cards = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 4096}
+            for name in (self.state.model, *self.state.extra_models)
+        ]
+        return web.json_response({"object": "list", "data": cards})
 
     def _cached_tokens(self, prompt: tuple[str, ...]) -> int:
         best = 0
@@ -129,6 +86,21 @@ class VllmStub:
         del self.state.cache[:-64]
         return (best // BLOCK) * BLOCK
 
+    def _invalid(self, body: dict[str, Any]) -> web.Response | None:
+        if body.get("model") not in (self.state.model, *self.state.extra_models):
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages must be a non-empty list")
+        continuing = bool(body.get("continue_final_message"))
+        if continuing and (
+            messages[-1].get("role") != "assistant" or body.get("add_generation_prompt", True)
+        ):
+            return _error(
+                400, "continue_final_message needs a final assistant message and add_generation_prompt=false"
+            )
+        return None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = orjson.loads(await request.read())
@@ -137,86 +109,42 @@ class VllmStub:
         if self.state.keep_received:
             self.state.received.append(body)
             self.state.headers.append(dict(request.headers))
-        if body.get("model") != self.state.model:
-            return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return _error(400, "messages must be a non-empty list")
+        invalid = self._invalid(body)
+        if invalid is not None:
+            return invalid
         if self.state.latency_s:
             await asyncio.sleep(self.state.latency_s)
-
-        continuing = bool(body.get("continue_final_message"))
-        if continuing and (
-            messages[-1].get("role") != "assistant" or body.get("add_generation_prompt", True)
-        ):
-            return _error(
-                400, "continue_final_message needs a final assistant message and add_generation_prompt=false"
-            )
-        context = messages[:-1] if continuing else messages
-        partial = _tokens(messages[-1].get("content") or "") if continuing else []
-        key = orjson.dumps(context).decode()
-        prompt = tuple(
-            w for m in messages for w in [f"<{m.get('role')}>", *_tokens(str(m.get("content") or ""))]
-        )
-        cached = self._cached_tokens(prompt)
-        rest = _answer(key, self.state.answer_length)[len(partial) :]
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-        out = rest[:max_tokens]
-        finish = "length" if len(rest) > max_tokens else "stop"
-        # Continuations glue on with a leading space, as a tokenizer's word pieces would.
-        pieces = [(" " if (i or partial) else "") + w for i, w in enumerate(out)]
-        stops = body.get("stop") or []
-        stops = [stops] if isinstance(stops, str) else stops
-        text = "".join(pieces)
-        for stop in stops:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-                kept, pieces = pieces, []
-                for piece in kept:
-                    if len("".join(pieces)) + len(piece) > len(text):
-                        pieces.append(text[len("".join(pieces)) :])
-                        break
-                    pieces.append(piece)
+        choices = answer(body, self.state.answer_length)
+        prompt = prompt_words(body["messages"])
+        completion_tokens = sum(len(c.pieces) or 1 for c in choices)
         usage = {
             "prompt_tokens": len(prompt),
-            "completion_tokens": len(pieces),
-            "total_tokens": len(prompt) + len(pieces),
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens": completion_tokens,
+            "total_tokens": len(prompt) + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self._cached_tokens(prompt)},
         }
-        logprobs = None
-        if body.get("logprobs"):
-            p_yes = yes_probability(" ".join(prompt))
-            k = min(int(body.get("top_logprobs") or 0), MAX_LOGPROBS)
-            top = [("Yes", p_yes), ("No", (1 - p_yes) * 0.9)] + [
-                (w, (1 - p_yes) * 0.1 / 8) for w in WORDS[:8]
-            ]
-            first = pieces[0] if pieces else ""
-            logprobs = {
-                "content": [
-                    {
-                        "token": first,
-                        "logprob": -0.1,
-                        "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top[:k]],
-                    }
-                ]
-            }
         # Deterministic ids and timestamps, so the same request gets the same bytes (byte-comparison tests).
         rid = "chatcmpl-" + hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
         if body.get("stream"):
-            return await self._stream(request, body, rid, pieces, finish, usage)
+            return await self._stream(request, body, rid, choices, usage)
         return web.json_response(
             {
                 "id": rid,
                 "object": "chat.completion",
                 "created": self.state.created,
-                "model": self.state.model,
+                "model": body["model"],
                 "choices": [
                     {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(pieces)},
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
+                        "index": c.index,
+                        "message": {
+                            "role": "assistant",
+                            "content": c.content,
+                            **({"tool_calls": [c.tool_call]} if c.tool_call else {}),
+                        },
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
                     }
+                    for c in choices
                 ],
                 "usage": usage,
             }
@@ -227,8 +155,7 @@ class VllmStub:
         request: web.Request,
         body: dict[str, Any],
         rid: str,
-        pieces: list[str],
-        finish: str,
+        choices: list[Choice],
         usage: dict[str, Any],
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -237,29 +164,36 @@ class VllmStub:
             "id": rid,
             "object": "chat.completion.chunk",
             "created": self.state.created,
-            "model": self.state.model,
+            "model": body["model"],
         }
 
-        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
-            await response.write(b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n")
+        async def send(choice: dict[str, Any] | None, **extra: Any) -> None:
+            event = {**base, "choices": [choice] if choice else [], **extra}
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
 
-        await send(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
-        for piece in pieces:
-            if self.state.token_delay_s:
-                await asyncio.sleep(self.state.token_delay_s)
-            await send([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
-        await send([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+        def delta(index: int, content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
+
+        for choice in choices:
+            await send(delta(choice.index, {"role": "assistant", "content": ""}))
+            if choice.tool_call:
+                call = choice.tool_call
+                head = {**call, "index": 0, "function": {"name": call["function"]["name"], "arguments": ""}}
+                await send(delta(choice.index, {"tool_calls": [head]}))
+                arguments = call["function"]["arguments"]
+                for start in range(0, len(arguments), 8):
+                    part = {"index": 0, "function": {"arguments": arguments[start : start + 8]}}
+                    await send(delta(choice.index, {"tool_calls": [part]}))
+            for position, piece in enumerate(choice.pieces):
+                if self.state.token_delay_s:
+                    await asyncio.sleep(self.state.token_delay_s)
+                event = delta(choice.index, {"content": piece})
+                if choice.logprobs:
+                    event["logprobs"] = {"content": [choice.logprobs["content"][position]]}
+                await send(event)
+            await send(delta(choice.index, {}, choice.finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send([], usage=usage)
+            await send(None, usage=usage)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
