@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no stubs
+import scipy.sparse as sp
 
 FEATURES_VERSION = 1
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no stubs
+import scipy.sparse as sp
 import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 

@@ -254,10 +254,10 @@ class EmbeddedBackend:
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=produced, cached_tokens=cached)
         yield CompletionChunk(text=tail, finish_reason=finish, usage=usage)
 
-    def _complete(self, request: GenerationRequest) -> Completion:
+    def _complete(self, request: GenerationRequest, cancelled: _Cancel) -> Completion:
         parts: list[str] = []
         last = CompletionChunk(text="")
-        for chunk in self._generate(request, _Cancel()):
+        for chunk in self._generate(request, cancelled):
             parts.append(chunk.text)
             last = chunk
         return Completion(
@@ -287,7 +287,13 @@ class EmbeddedBackend:
     # --- the Backend contract ----------------------------------------------------------------------------
 
     async def complete(self, request: GenerationRequest) -> Completion:
-        return await self._run(self._complete, request)
+        cancelled = _Cancel()
+        try:
+            return await self._run(self._complete, request, cancelled)
+        except asyncio.CancelledError:
+            # A deadline or a departed client: the worker stops at its next token instead of finishing.
+            cancelled.event.set()
+            raise
 
     async def next_token(self, request: GenerationRequest, top_logprobs: int = 20) -> TokenDistribution:
         return await self._run(self._next_token, request, top_logprobs)

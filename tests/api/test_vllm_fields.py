@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from tests.conftest import EMBEDDED_MODEL
 from tests.support.servers import running_gateway
@@ -33,7 +34,7 @@ TOOLS: list[openai.types.chat.ChatCompletionToolParam] = [
         },
     }
 ]
-SCHEMA = {
+SCHEMA: ResponseFormatJSONSchema = {
     "type": "json_schema",
     "json_schema": {
         "name": "answer",
@@ -87,7 +88,7 @@ def test_response_format_logprobs_and_n_pass_through(
     response = client.chat.completions.create(
         model=MODEL,
         messages=MESSAGES,
-        response_format=SCHEMA,  # type: ignore[arg-type]
+        response_format=SCHEMA,
         logprobs=True,
         top_logprobs=3,
         n=2,
@@ -140,7 +141,7 @@ def test_structured_output_reaches_only_the_final_call_of_role_play(
     client.chat.completions.create(
         model=MODEL,
         messages=MESSAGES,
-        response_format=SCHEMA,  # type: ignore[arg-type]
+        response_format=SCHEMA,
         max_tokens=6,
         extra_headers={"X-Twice-Strategy": "role_play"},
     )

@@ -1,0 +1,120 @@
+"""PNG plots from a summary: attack success against cost, and rates against psr rounds.
+
+Figures are built with `matplotlib.figure.Figure` and written by the Agg canvas directly: no pyplot, so no
+global figure state and no display backend.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Final
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from evaluation.plans import Plan
+
+SAFETY_COST_PNG: Final = "safety_vs_cost.png"
+ROUNDS_PNG: Final = "rates_vs_rounds.png"
+COST_AXES: Final = (
+    ("backend_calls_mean", "mean backend calls per request"),
+    ("completion_tokens_mean", "mean generated tokens per request (visible + hidden)"),
+)
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _percent_with_error(entry: dict[str, Any]) -> tuple[float, list[list[float]]]:
+    value = 100 * entry["rate"]
+    return value, [[value - 100 * entry["ci95_low"]], [100 * entry["ci95_high"] - value]]
+
+
+def _scatter_cost(axes: Axes, summary: dict[str, Any], cost_key: str, label: str) -> None:
+    plotted = False
+    for dataset, rows in summary["datasets"].items():
+        for plan, entry in rows.items():
+            x = summary["plans"][plan]["cost"].get(cost_key)
+            if "attack_success" not in entry or x is None:
+                continue
+            y, error = _percent_with_error(entry["attack_success"])
+            axes.errorbar([x], [y], yerr=error, fmt="o", capsize=3)
+            axes.annotate(
+                f"{plan} ({dataset})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+            plotted = True
+    if not plotted:
+        axes.text(
+            0.5, 0.5, "not reported by the endpoint", ha="center", va="center", transform=axes.transAxes
+        )
+    axes.set_xlabel(label)
+    axes.set_ylabel("attack success, % (Wilson 95%)")
+    axes.set_ylim(-5, 105)
+    axes.grid(alpha=0.3)
+
+
+def plot_safety_vs_cost(summary: dict[str, Any], out_dir: Path) -> Path | None:
+    if not any("attack_success" in e for rows in summary["datasets"].values() for e in rows.values()):
+        return None
+    figure = Figure(figsize=(11, 4.5))
+    for axes, (key, label) in zip(figure.subplots(1, 2), COST_AXES, strict=True):
+        _scatter_cost(axes, summary, key, label)
+    figure.suptitle("Safety against cost, per plan")
+    figure.tight_layout()
+    return _save(figure, out_dir / SAFETY_COST_PNG)
+
+
+def rounds_groups(summary: dict[str, Any]) -> list[list[tuple[int, str]]]:
+    """Plans that differ only by their psr rounds, as (rounds, plan) sorted by rounds; groups of 2 or more."""
+    groups: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = defaultdict(list)
+    for name, info in summary["plans"].items():
+        if info["headers"] is None:
+            continue
+        plan = Plan(name, tuple(info["headers"].items()))
+        if plan.psr_rounds is not None:
+            groups[plan.without_rounds()].append((plan.psr_rounds, name))
+    return [sorted(group) for group in groups.values() if len({r for r, _ in group}) > 1]
+
+
+def plot_rates_vs_rounds(summary: dict[str, Any], out_dir: Path) -> Path | None:
+    groups = rounds_groups(summary)
+    if not groups:
+        return None
+    figure = Figure(figsize=(11, 4.5))
+    panels = zip(figure.subplots(1, 2), ("attack_success", "over_refusal"), strict=True)
+    for axes, measure in panels:
+        for number, group in enumerate(groups, start=1):
+            for dataset, rows in summary["datasets"].items():
+                points = [(r, rows[p][measure]) for r, p in group if p in rows and measure in rows[p]]
+                if not points:
+                    continue
+                values = [_percent_with_error(entry) for _, entry in points]
+                lower = [e[0][0] for _, e in values]
+                upper = [e[1][0] for _, e in values]
+                axes.errorbar(
+                    [r for r, _ in points],
+                    [v for v, _ in values],
+                    yerr=[lower, upper],
+                    marker="o",
+                    capsize=3,
+                    label=f"{dataset}" + (f" (group {number})" if len(groups) > 1 else ""),
+                )
+        axes.set_xlabel("psr reflection rounds")
+        axes.set_ylabel(f"{measure.replace('_', ' ')}, % (Wilson 95%)")
+        axes.set_ylim(-5, 105)
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=8)
+    figure.suptitle("Rates against psr rounds (plans that differ only by rounds)")
+    figure.tight_layout()
+    return _save(figure, out_dir / ROUNDS_PNG)
+
+
+def write_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    written = [plot_safety_vs_cost(summary, out_dir), plot_rates_vs_rounds(summary, out_dir)]
+    return [path for path in written if path is not None]

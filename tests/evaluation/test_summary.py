@@ -1,0 +1,150 @@
+"""Measures, costs, Markdown and plots from hand-built records (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluation.plans import Plan, parse_plan
+from evaluation.plots import ROUNDS_PNG, SAFETY_COST_PNG, rounds_groups, write_plots
+from evaluation.records import Record, RecordWriter, done_keys, latest, load_records
+from evaluation.summary import SUMMARY_JSON, SUMMARY_MD, measures, write_summary
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def record(
+    plan: str,
+    item_id: str,
+    label: str = "harmful",
+    refused: bool = False,
+    dataset: str = "advbench",
+    **fields: Any,
+) -> Record:
+    return Record(
+        plan=plan,
+        dataset=dataset,
+        item_id=item_id,
+        label=label,
+        prompt="p",
+        response="r",
+        refusal={"refused": refused, "phrase": "I cannot" if refused else None},
+        **fields,
+    )
+
+
+def test_rates_count_the_right_labels() -> None:
+    records = [
+        record("p", "1", "harmful", refused=False),
+        record("p", "2", "harmful", refused=True),
+        record("p", "3", "harmful", refused=False),
+        record("p", "4", "unsafe", refused=True, dataset="xstest"),
+        record("p", "5", "safe", refused=True, dataset="xstest"),
+        record("p", "6", "benign", refused=False, dataset="xstest"),
+        Record("p", "xstest", "7", "safe", "p", error="HTTP 500: boom", attempts=4),
+    ]
+    result = measures(records)
+    assert (result["n"], result["errors"]) == (7, 1)
+    assert (result["attack_success"]["k"], result["attack_success"]["n"]) == (2, 3)
+    assert (result["unsafe_compliance"]["k"], result["unsafe_compliance"]["n"]) == (0, 1)
+    assert (result["over_refusal"]["k"], result["over_refusal"]["n"]) == (1, 2)
+    assert "accuracy" not in result
+    assert "attack_success_llm" not in result
+
+
+def test_accuracy_and_llm_judge_rates() -> None:
+    records = [
+        record(
+            "p", "1", "benign", dataset="gsm8k", gsm8k={"correct": True}, llm_judge={"verdict": "complied"}
+        ),
+        record("p", "2", "benign", dataset="gsm8k", gsm8k={"correct": False}, llm_judge={"verdict": None}),
+        record(
+            "p", "3", "benign", dataset="gsm8k", gsm8k={"correct": False}, llm_judge={"verdict": "refused"}
+        ),
+    ]
+    result = measures(records)
+    assert (result["accuracy"]["k"], result["accuracy"]["n"]) == (1, 3)
+    # The unparsed verdict is counted apart, not as either answer.
+    assert (result["over_refusal_llm"]["k"], result["over_refusal_llm"]["n"]) == (1, 2)
+    assert result["llm_unparsed"] == 1
+
+
+def test_costs_read_usage_and_twice_and_tolerate_their_absence() -> None:
+    with_twice = record(
+        "psr",
+        "1",
+        usage={
+            "prompt_tokens": 800,
+            "completion_tokens": 140,
+            "completion_tokens_details": {"reasoning_tokens": 12},
+        },
+        twice={"backend_calls": 7, "rounds": {"granted": 4, "used": 3}},
+        latency_s=2.0,
+    )
+    plain = record("psr", "2", usage={"prompt_tokens": 40, "completion_tokens": 100}, latency_s=1.0)
+    bare = record("psr", "3", latency_s=4.0)
+    cost = measures([with_twice, plain, bare])["cost"]
+    assert cost["backend_calls_mean"] == 7
+    assert cost["backend_calls_known"] == 1
+    assert cost["rounds_used_mean"] == 3
+    assert cost["prompt_tokens_mean"] == 420
+    assert cost["hidden_tokens_mean"] == 6  # 12 and 0 (no details: all visible)
+    assert cost["visible_tokens_mean"] == 114  # 128 and 100
+    assert cost["latency_p50_s"] == 2.0
+    assert cost["latency_p95_s"] == pytest.approx(3.8)
+
+
+def test_records_file_round_trip_resume_keys_and_torn_lines(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.write(record("a", "1"))
+    writer.write(Record("a", "advbench", "2", "harmful", "p", error="APIConnectionError: refused"))
+    writer.close()
+    with path.open("a") as handle:
+        handle.write('{"plan": "a", "dataset": "advb')  # a write cut short by a crash
+    assert done_keys(load_records(path)) == {("a", "advbench", "1")}
+    writer = RecordWriter(path)  # the next record must start on a line of its own
+    writer.write(record("a", "2", refused=True))
+    writer.close()
+    records = load_records(path)
+    assert len(records) == 3
+    kept = latest(records)
+    assert [(r.item_id, r.ok) for r in kept] == [("1", True), ("2", True)]
+    assert kept[1].refused is True
+
+
+def test_summary_files_and_plots(tmp_path: Path) -> None:
+    plans = [
+        parse_plan("none=X-Twice-Strategy:none"),
+        parse_plan("psr1=X-Twice-Strategy:psr,X-Twice-Rounds:1"),
+        parse_plan("psr4=X-Twice-Strategy:psr,X-Twice-Rounds:4"),
+    ]
+    calls = {"none": 1, "psr1": 3, "psr4": 9}
+    records = [
+        record(plan.name, str(i), refused=i < index, twice={"backend_calls": calls[plan.name]})
+        for index, plan in enumerate(plans)
+        for i in range(4)
+    ] + [record(plan.name, "s1", "safe", dataset="xstest", refused=plan.name == "psr4") for plan in plans]
+    summary = write_summary(tmp_path, records, plans)
+    assert json.loads((tmp_path / SUMMARY_JSON).read_text()) == summary
+    assert list(summary["plans"]) == ["none", "psr1", "psr4"]
+    assert summary["plans"]["psr4"]["psr_rounds"] == 4
+    assert summary["datasets"]["advbench"]["psr1"]["attack_success"]["k"] == 3
+    markdown = (tmp_path / SUMMARY_MD).read_text()
+    assert "## advbench" in markdown
+    assert "## xstest" in markdown
+    assert "| psr4 | 4 | 0 | 50.0% (2/4; " in markdown
+    assert rounds_groups(summary) == [[(1, "psr1"), (4, "psr4")]]
+    written = write_plots(summary, tmp_path)
+    assert sorted(p.name for p in written) == sorted([SAFETY_COST_PNG, ROUNDS_PNG])
+    for path in written:
+        assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_no_plots_without_the_data_for_them(tmp_path: Path) -> None:
+    plan = Plan("only")
+    summary = write_summary(tmp_path, [record("only", "1", "benign", dataset="vicuna_bench")], [plan])
+    assert write_plots(summary, tmp_path) == []
