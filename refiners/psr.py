@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
-from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.backend import GenerationRequest, Sampling
 from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiece, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import BoundaryCollision, Fence, fence_for
 from refiners.generation import plain_generate
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
-from refiners.prompts import render, template
+from refiners.prompts import meta_messages, template
 from refiners.verdict import score_yes_no
 
 
@@ -152,17 +152,11 @@ class Psr:
         config = run.config.psr
         fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
         try:
-            user = render(
-                "psr_verdict",
-                "user",
-                boundary=fence.boundary,
-                request_fenced=fence.wrap(request_text),
-                answer_fenced=fence.wrap(answer_text),
-            )
+            messages = meta_messages("psr_verdict", fence, {"request": request_text, "answer": answer_text})
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
         request = GenerationRequest(
-            (ChatMessage("system", template("psr_verdict", "system")), ChatMessage("user", user)),
+            messages,
             Sampling(max_tokens=1, temperature=0.0),
             prefix=template("psr_verdict", "cue"),
         )

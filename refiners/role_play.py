@@ -16,7 +16,7 @@ from refiners.base import Conversation, Run, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import fence_for
 from refiners.ledger import BudgetExhausted, TraceStep
-from refiners.prompts import render, template
+from refiners.prompts import meta_messages
 
 MAX_ROLE_CHARS = 600
 
@@ -63,18 +63,7 @@ class RolePlay:
     async def _write_role(request_text: str, run: Run) -> str:
         fence = fence_for(request_text)
         request = GenerationRequest(
-            (
-                ChatMessage("system", template("role_play_role", "system")),
-                ChatMessage(
-                    "user",
-                    render(
-                        "role_play_role",
-                        "user",
-                        boundary=fence.boundary,
-                        request_fenced=fence.wrap(request_text),
-                    ),
-                ),
-            ),
+            meta_messages("role_play_role", fence, {"request": request_text}),
             Sampling(max_tokens=run.config.role_play.role_tokens, temperature=0.0),
         )
         try:

@@ -15,7 +15,7 @@ from refiners.base import Conversation, Run, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import fence_for
 from refiners.ledger import BudgetExhausted
-from refiners.prompts import render, template
+from refiners.prompts import meta_messages, render, template
 
 QUESTION_TOKENS = 48
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|Q\d*[.:)])\s*", re.IGNORECASE)
@@ -57,18 +57,8 @@ class SelfQuestion:
                 "self_question",
                 "questions",
                 GenerationRequest(
-                    (
-                        ChatMessage("system", template("self_question_ask", "system")),
-                        ChatMessage(
-                            "user",
-                            render(
-                                "self_question_ask",
-                                "user",
-                                boundary=fence.boundary,
-                                request_fenced=fence.wrap(request_text),
-                                count=config.questions,
-                            ),
-                        ),
+                    meta_messages(
+                        "self_question_ask", fence, {"request": request_text}, count=config.questions
                     ),
                     Sampling(max_tokens=QUESTION_TOKENS * config.questions, temperature=0.0),
                 ),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.backend import GenerationRequest, Sampling
 from refiners.base import Answer, Generate, Run, collect, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import fence_for
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
-from refiners.prompts import render, template
+from refiners.prompts import meta_messages, template
 from refiners.verdict import score_yes_no
 
 
@@ -55,38 +55,17 @@ class SelfRefine:
         """The refined answer, or None to stop and keep `answer`."""
         fence = fence_for(request_text, answer.text)
         feedback_request = GenerationRequest(
-            (
-                ChatMessage("system", template("self_refine_feedback", "system")),
-                ChatMessage(
-                    "user",
-                    render(
-                        "self_refine_feedback",
-                        "user",
-                        boundary=fence.boundary,
-                        request_fenced=fence.wrap(request_text),
-                        answer_fenced=fence.wrap(answer.text),
-                    ),
-                ),
-            ),
+            meta_messages("self_refine_feedback", fence, {"request": request_text, "answer": answer.text}),
             Sampling(max_tokens=run.config.self_refine.feedback_tokens, temperature=0.0),
         )
         feedback = await run.ledger.complete("self_refine", "feedback", feedback_request, round=round_number)
         if needs_no_change(feedback.text):
             return None
         fence = fence_for(request_text, answer.text, feedback.text)
-        rewrite_messages = (
-            ChatMessage("system", template("self_refine_rewrite", "system")),
-            ChatMessage(
-                "user",
-                render(
-                    "self_refine_rewrite",
-                    "user",
-                    boundary=fence.boundary,
-                    request_fenced=fence.wrap(request_text),
-                    answer_fenced=fence.wrap(answer.text),
-                    feedback_fenced=fence.wrap(feedback.text),
-                ),
-            ),
+        rewrite_messages = meta_messages(
+            "self_refine_rewrite",
+            fence,
+            {"request": request_text, "answer": answer.text, "feedback": feedback.text},
         )
         refined = await collect(generate(rewrite_messages, run.sampling, run))
         if refined.finish_reason == "content_filter" or not refined.text.strip():
@@ -102,19 +81,10 @@ class SelfRefine:
         """The model's own A/B judgement; an off-format judgement keeps the refinement."""
         fence = fence_for(request_text, first.text, second.text)
         request = GenerationRequest(
-            (
-                ChatMessage("system", template("self_refine_compare", "system")),
-                ChatMessage(
-                    "user",
-                    render(
-                        "self_refine_compare",
-                        "user",
-                        boundary=fence.boundary,
-                        request_fenced=fence.wrap(request_text),
-                        first_fenced=fence.wrap(first.text),
-                        second_fenced=fence.wrap(second.text),
-                    ),
-                ),
+            meta_messages(
+                "self_refine_compare",
+                fence,
+                {"request": request_text, "first": first.text, "second": second.text},
             ),
             Sampling(max_tokens=1, temperature=0.0),
             prefix=template("self_refine_compare", "cue"),
