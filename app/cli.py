@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
 from collections.abc import Sequence
+from types import FrameType
 
 from app.settings import Settings
 from evaluation.cli import register as register_eval
 from predictor.cli import register as register_predictor
+
+
+def graceful_shutdown_s(settings: Settings) -> int:
+    """On SIGTERM uvicorn stops accepting, lets in-flight responses (streams too) finish for this long,
+    then cancels what is left and exits."""
+    # uvicorn takes whole seconds; round a fraction up rather than cut a stream short.
+    return math.ceil(settings.server.graceful_shutdown_s)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,6 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # uvicorn handles SIGTERM/SIGINT while it runs (stop accepting, drain, shut down), then raises the signal
+    # again on the handlers it found: these turn that into exit status 0, a clean stop, and no traceback.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     workers = 1 if settings.backend == "embedded" else settings.server.workers
     if workers > 1:
         # Each worker process builds its own app from the environment, so hand the flags on through it.
@@ -49,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=workers,
             log_level=settings.server.log_level,
             access_log=False,
+            timeout_graceful_shutdown=graceful_shutdown_s(settings),
         )
         return 0
     from app.main import create_app
@@ -59,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,
+        timeout_graceful_shutdown=graceful_shutdown_s(settings),
     )
     return 0
 

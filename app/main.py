@@ -6,11 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
 from app import __version__
-from app.api import chat, health, models
+from app.api import admin, chat, feedback, health, models, playground
+from app.api.deps import require_api_key
 from app.backends import GatewayBackend, build_backend
 from app.errors import install_error_handlers
 from app.services import Services
@@ -27,16 +28,29 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = backend or build_backend(settings)
         await chosen.start()
-        app.state.services = Services.build(settings, chosen, CollectorRegistry())
-        log.info("twice ready: backend=%s model=%s", settings.backend, chosen.model)
+        services = Services.build(settings, chosen, CollectorRegistry())
+        await services.gate.start()
+        app.state.services = services
+        log.info(
+            "twice ready: backend=%s model=%s redis=%s",
+            settings.backend,
+            chosen.model,
+            services.gate.store.state,
+        )
         try:
             yield
         finally:
+            await services.gate.close()
             await chosen.close()
 
     app = FastAPI(title="twice", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(chat.router)
-    app.include_router(models.router)
+    app.include_router(models.router, dependencies=[Depends(require_api_key)])
+    app.include_router(feedback.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
+    if settings.playground.enabled:
+        app.include_router(playground.router)
+    chat.document_request_models(app)
     return app

@@ -6,13 +6,37 @@ sets (endpoints, outcomes, purposes, token kinds), never from request text.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from contextvars import ContextVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from refiners.ledger import VerdictResult
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 OUTCOMES = ("ok", "client_error", "rate_limited", "backend_error", "server_error", "cancelled")
+
+CACHE_RESULTS = ("hit", "miss", "skipped")
+
+NO_VARIANT = "none"
+current_variant: ContextVar[str] = ContextVar("twice_variant", default=NO_VARIANT)
+"""The experiment variant serving the current request (a configured variant name, or `none`). A context
+variable because a relayed stream counts its outcome when it ends, outside the service's frame."""
+
+
+class RequestCounter:
+    """`twice_requests_total{outcome, stream, variant}`; `variant` defaults to the current request's."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counter = Counter(
+            "twice_requests_total",
+            "Chat completion requests by outcome and experiment variant.",
+            ["outcome", "stream", "variant"],
+            registry=registry,
+        )
+
+    def labels(self, *, outcome: str, stream: str, variant: str | None = None) -> Counter:
+        return self.counter.labels(outcome=outcome, stream=stream, variant=variant or current_variant.get())
 
 
 def outcome_of(status_code: int) -> str:
@@ -27,15 +51,55 @@ def outcome_of(status_code: int) -> str:
     return "server_error"
 
 
+class UpstreamMetrics:
+    """The vLLM upstream pool's metrics (app/upstreams.py `UpstreamObserver`). `upstream` label values are
+    only the configured or DNS-discovered base URLs, never anything a client sends."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "twice_upstream_calls_total", "Calls sent to each vLLM upstream.", ["upstream"], registry=registry
+        )
+        self.affinity_breaks = Counter(
+            "twice_affinity_breaks_total",
+            "Requests whose backend calls landed on more than one vLLM upstream (a replica failed mid-way).",
+            registry=registry,
+        )
+        self.healthy = Gauge(
+            "twice_upstream_healthy",
+            "1 while the upstream is in the pool, 0 while health checks keep it out.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.health_changes = Counter(
+            "twice_upstream_health_changes_total",
+            "Upstreams leaving (`down`) or rejoining (`up`) the pool.",
+            ["upstream", "state"],
+            registry=registry,
+        )
+
+    def call(self, upstream: str) -> None:
+        self.calls.labels(upstream=upstream).inc()
+
+    def affinity_break(self) -> None:
+        self.affinity_breaks.inc()
+
+    def health(self, upstream: str, healthy: bool, changed: bool) -> None:
+        self.healthy.labels(upstream=upstream).set(1 if healthy else 0)
+        if changed:
+            self.health_changes.labels(upstream=upstream, state="up" if healthy else "down").inc()
+
+    def forget(self, upstream: str) -> None:
+        """An upstream DNS no longer lists: drop its gauge so a gone pod does not read as down forever."""
+        try:
+            self.healthy.remove(upstream)
+        except KeyError:
+            return
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "twice_requests_total",
-            "Chat completion requests by outcome.",
-            ["outcome", "stream"],
-            registry=registry,
-        )
+        self.requests = RequestCounter(registry)
         self.request_latency = Histogram(
             "twice_request_duration_seconds",
             "Time from request to the last byte of the response.",
@@ -87,9 +151,21 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.cache_lookups = Counter(
+            "twice_cache_lookups_total", "Response cache lookups by result.", ["result"], registry=registry
+        )
+        self.redis_errors = Counter(
+            "twice_redis_errors_total", "Redis commands that failed or timed out.", registry=registry
+        )
+        self.redis_up = Gauge(
+            "twice_redis_up", "1 while Redis answers, 0 while the gateway runs without it.", registry=registry
+        )
+        self.upstreams = UpstreamMetrics(registry)
+        for result in CACHE_RESULTS:
+            self.cache_lookups.labels(result=result)
         for outcome in OUTCOMES:
             for stream in ("true", "false"):
-                self.requests.labels(outcome=outcome, stream=stream)
+                self.requests.labels(outcome=outcome, stream=stream, variant=NO_VARIANT)
 
     def count_tokens(self, prompt: int, completion: int, hidden: int = 0) -> None:
         self.tokens.labels(kind="prompt").inc(prompt)

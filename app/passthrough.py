@@ -97,6 +97,7 @@ async def _relay_events(
 ) -> AsyncIterator[bytes]:
     pending = b""
     first = True
+    done = False
     outcome = "cancelled"
     try:
         async for chunk in upstream.content.iter_any():
@@ -110,9 +111,12 @@ async def _relay_events(
                 first = False
             if b'"usage"' in ready:
                 _count_stream_usage(ready, metrics)
+            done = done or ready.endswith(DONE)
             yield ready
         if pending.strip():
             raise UpstreamError("The model backend ended the stream inside an event.")
+        if not done:
+            raise UpstreamError("The model backend ended the stream before [DONE].")
         outcome = "ok"
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         outcome = "backend_error"

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from app.backends import GatewayBackend
+from app.gate import Gate
 from app.metrics import GatewayMetrics
 from app.passthrough import ForwardingBackend
 from app.plan import parse_plan
 from app.serving import ChatService, RoundsPolicy
 from app.settings import PlanSettings, Settings
+from app.upstreams import UpstreamRouted
 from predictor import RoundPredictor
 from refiners.base import Conversation
 from refiners.config import RefinerConfig
@@ -42,14 +44,19 @@ class Services:
     backend: GatewayBackend
     metrics: GatewayMetrics
     chat: ChatService
+    gate: Gate
+    """Redis-backed parts: API keys, rate limits, experiments, results, response cache (app/gate.py)."""
 
     @classmethod
     def build(cls, settings: Settings, backend: GatewayBackend, registry: CollectorRegistry) -> Services:
         parse_plan({}, settings.plan)  # a bad default plan fails at start-up, not on the first request
         metrics = GatewayMetrics(registry)
+        if isinstance(backend, UpstreamRouted):
+            backend.observe_upstreams(metrics.upstreams)
         strategies = build_strategies(RefinerConfig(role_play=settings.role_play))
         forwarder = backend if isinstance(backend, ForwardingBackend) else None
+        gate = Gate(settings, metrics)
         chat = ChatService(
-            backend, metrics, settings, strategies, auto_rounds_policy(settings.plan), forwarder
+            backend, metrics, settings, strategies, auto_rounds_policy(settings.plan), forwarder, gate=gate
         )
-        return cls(settings=settings, backend=backend, metrics=metrics, chat=chat)
+        return cls(settings=settings, backend=backend, metrics=metrics, chat=chat, gate=gate)

@@ -13,9 +13,11 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from app.auth import Caller
 from app.backends import GatewayBackend
 from app.errors import InvalidRequest, NotFound, as_twice_error
 from app.fields import extra_fields
+from app.gate import Gate
 from app.metrics import GatewayMetrics, MetricsObserver, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
 from app.plan import STRATEGY_HEADER, Plan, parse_plan
@@ -45,7 +47,9 @@ class ChatService:
         strategies: Mapping[str, Strategy],
         auto_rounds: RoundsPolicy,
         forwarder: ForwardingBackend | None = None,
+        gate: Gate | None = None,
     ) -> None:
+        self._gate = gate
         self._backend = backend
         self._metrics = metrics
         self._observer = MetricsObserver(metrics)
@@ -61,7 +65,7 @@ class ChatService:
             budget=settings.budget,
         )
 
-    async def handle(self, body: bytes, headers: Mapping[str, str]) -> Response:
+    async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller | None = None) -> Response:
         """Every outcome is counted here, errors included (they are raised on to the one error handler)."""
         stream = "false"
         try:
@@ -69,14 +73,35 @@ class ChatService:
             check_limits(payload, self._settings.limits)
             stream = "true" if payload.get("stream") is True else "false"
             plan = parse_plan(headers, self._settings.plan)
-            if self._forwarder is not None and not plan.strategies:
-                return await self._pass_through(payload, body, stream=stream == "true")
-            return await self.create(parse_chat_request(payload), plan)
+            if self._gate is None or caller is None:
+                return await self._serve(payload, body, plan, stream=stream == "true")
+            # Limits, experiment arm and cache lookup; then labels, caching and results on the way out.
+            ticket = await self._gate.open(payload, len(body), headers, plan, caller)
+            if ticket.hit is not None:
+                response = self._gate.replay(ticket, payload)
+            else:
+                response = await self._serve(
+                    payload, body, ticket.plan, stream=stream == "true", extension=ticket.extension
+                )
+            return await self._gate.finish(ticket, response)
         except Exception as exc:
             self._metrics.requests.labels(
                 outcome=outcome_of(as_twice_error(exc).status_code), stream=stream
             ).inc()
             raise
+
+    async def _serve(
+        self,
+        payload: dict[str, Any],
+        body: bytes,
+        plan: Plan,
+        *,
+        stream: bool,
+        extension: Mapping[str, Any] | None = None,
+    ) -> Response:
+        if self._forwarder is not None and not plan.strategies:
+            return await self._pass_through(payload, body, stream=stream)
+        return await self.create(parse_chat_request(payload), plan, extension)
 
     async def check_model(self, model: str) -> None:
         if not await self._backend.serves(model):
@@ -144,7 +169,11 @@ class ChatService:
             messages=messages, sampling=sampling, config=self._refiner_config, ledger=ledger, rounds=rounds
         )
 
-    async def create(self, request: ChatCompletionRequest, plan: Plan) -> Response:
+    async def create(
+        self, request: ChatCompletionRequest, plan: Plan, extension: Mapping[str, Any] | None = None
+    ) -> Response:
+        """`extension`: fields added to the `twice` object (the experiment and variant)."""
+        labels = dict(extension or {})
         await self.check_model(request.model)
         messages, sampling = self._conversation(request, plan)
         extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
@@ -155,7 +184,7 @@ class ChatService:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(run, plan, ctx, include_usage),
+                self._stream(run, plan, ctx, include_usage, labels),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
             )
@@ -175,7 +204,7 @@ class ChatService:
                 Choice(message=AssistantMessage(content="".join(parts)), finish_reason=finished.finish_reason)
             ],
             usage=usage_info(run.ledger.usage, finished.visible_tokens),
-            twice=twice_extension(run, plan, ctx),
+            twice={**twice_extension(run, plan, ctx), **labels},
         )
         self._observe(ctx, "false", "ok")
         headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
@@ -184,7 +213,7 @@ class ChatService:
         )
 
     async def _stream(
-        self, run: Run, plan: Plan, ctx: RequestContext, include_usage: bool
+        self, run: Run, plan: Plan, ctx: RequestContext, include_usage: bool, labels: dict[str, Any]
     ) -> AsyncIterator[bytes]:
         outcome = "cancelled"
         first_text = True
@@ -200,7 +229,7 @@ class ChatService:
                         first_text = False
                     yield ctx.chunk({"content": event.text})
             self._count_run(run, finished)
-            yield ctx.chunk({}, finished.finish_reason, twice=twice_extension(run, plan, ctx))
+            yield ctx.chunk({}, finished.finish_reason, twice={**twice_extension(run, plan, ctx), **labels})
             if include_usage:
                 yield ctx.usage_chunk(usage_info(run.ledger.usage, finished.visible_tokens))
             outcome = "ok"

@@ -5,11 +5,12 @@ Built once by the app factory and injected; nothing reads the environment at imp
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from refiners.config import BudgetConfig, PsrConfig, RolePlayConfig, SelfQuestionConfig, SelfRefineConfig
 
@@ -25,6 +26,9 @@ class ServerSettings(BaseModel):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the gateway and uvicorn."
     )
+    graceful_shutdown_s: float = Field(
+        30.0, ge=0, description="After SIGTERM, seconds in-flight requests and streams get to finish."
+    )
 
 
 class EmbeddedSettings(BaseModel):
@@ -34,7 +38,9 @@ class EmbeddedSettings(BaseModel):
     )
     model_name: str = Field("smollm2-135m-instruct", description="Model id the gateway serves it under.")
     n_ctx: int = Field(2048, ge=256, le=32768, description="Context window in tokens.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp (default: all cores).")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for llama.cpp (default: half the cores)."
+    )
     contexts: int = Field(
         2,
         ge=1,
@@ -67,6 +73,49 @@ class VllmSettings(BaseModel):
         le=5,
         description="Retries of a call that failed to connect (only then: the call never reached vLLM).",
     )
+    routing_header: str = Field(
+        "X-Twice-Routing-Key",
+        min_length=1,
+        description="Header carrying the per-request routing key on every call to vLLM "
+        "(a router's session key).",
+    )
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Several vLLM base URLs, comma-separated or a JSON list: the gateway health-checks "
+        "them and keeps the calls of one request on one of them (docs/scaleout.md); wins over `upstream`.",
+    )
+    upstreams_dns: str = Field(
+        "",
+        description="`host:port` resolving to every vLLM replica (a headless Service), re-resolved "
+        "periodically; wins over `upstream`, not to be combined with `upstreams`.",
+    )
+    dns_refresh_s: float = Field(10.0, gt=0, description="Seconds between resolutions of `upstreams_dns`.")
+    health_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between `GET /health` checks of each upstream (with several)."
+    )
+    health_timeout_s: float = Field(2.0, gt=0, description="Seconds one health check may take.")
+    unhealthy_after: int = Field(
+        3, ge=1, description="Consecutive failed health checks that take an upstream out of the pool."
+    )
+    healthy_after: int = Field(
+        2, ge=1, description="Consecutive passed health checks that bring an upstream back into the pool."
+    )
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @model_validator(mode="after")
+    def _one_discovery(self) -> VllmSettings:
+        if self.upstreams and self.upstreams_dns:
+            raise ValueError("set either vllm.upstreams or vllm.upstreams_dns, not both")
+        return self
 
 
 class LimitSettings(BaseModel):
@@ -74,6 +123,69 @@ class LimitSettings(BaseModel):
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")
     max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none.")
+    requests_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Chat requests one API key (or client address, without keys) may make a minute; 0: off.",
+    )
+    tokens_per_minute: int = Field(
+        0, ge=0, description="Tokens (prompt + completion) one API key may use a minute; 0: off."
+    )
+    fail_open: bool = Field(
+        True, description="Admit requests when Redis cannot be asked about rate limits (false: answer 503)."
+    )
+
+
+class RedisSettings(BaseModel):
+    enabled: bool = Field(True, description="Use Redis (experiments, cache, limits, results); false: none.")
+    url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL, `redis://[:password@]host:port/db`."
+    )
+    socket_timeout_s: float = Field(
+        0.1, gt=0, le=10, description="Seconds one Redis command may take before Redis counts as down."
+    )
+    max_backoff_s: float = Field(
+        5.0, gt=0, le=60, description="Longest wait between reconnection attempts while Redis is down."
+    )
+    key_prefix: str = Field("twice:", description="Prefix of every key the gateway writes.")
+
+
+class AuthSettings(BaseModel):
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Client API keys, comma-separated, each `key` or `tenant:key`; empty: no auth on /v1.",
+    )
+    admin_key: SecretStr = Field(
+        SecretStr(""), description="Bearer key of the /admin/ API; empty: admin off."
+    )
+
+
+class ExperimentSettings(BaseModel):
+    default: str = Field(
+        "", description="Experiment a request without X-Twice-Experiment joins; empty: none."
+    )
+    allow_override: bool = Field(
+        False, description="An explicit X-Twice-Strategy wins over the experiment (the request joins none)."
+    )
+    seed_file: Path | None = Field(
+        None, description="JSON list of experiments written to Redis at start when they do not exist there."
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds between checks of the experiments' version in Redis."
+    )
+    attribution_ttl_s: int = Field(
+        604_800, ge=60, description="Seconds a request id stays attributable to its variant for feedback."
+    )
+
+
+class CacheSettings(BaseModel):
+    enabled: bool = Field(
+        False, description="Cache answers to deterministic requests (temperature 0 or a seed) in Redis."
+    )
+    ttl_s: int = Field(3600, ge=1, description="Seconds a cached answer lives.")
+    max_entry_bytes: int = Field(
+        65_536, ge=256, description="Requests and answers larger than this are neither looked up nor stored."
+    )
 
 
 class PlanSettings(BaseModel):
@@ -90,6 +202,13 @@ class PlanSettings(BaseModel):
         None, description="Directory of a predictor artifact and its card; default: the one shipped."
     )
     auto_floor: int = Field(0, ge=0, le=64, description="Fewest rounds `auto` grants.")
+
+
+class PlaygroundSettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description="Serve the browser playground at /playground (docs/playground.md); when off it is a 404.",
+    )
 
 
 class Settings(BaseSettings):
@@ -110,6 +229,11 @@ class Settings(BaseSettings):
     self_question: SelfQuestionConfig = Field(default_factory=SelfQuestionConfig)
     role_play: RolePlayConfig = Field(default_factory=RolePlayConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
 
     @field_validator("backend", mode="before")
     @classmethod

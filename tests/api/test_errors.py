@@ -113,11 +113,11 @@ def test_health_ready_metrics(gateway: str) -> None:
     post(gateway, GOOD)
     post(gateway, b"{broken")
     metrics = httpx.get(f"{gateway}/metrics").text
-    assert 'twice_requests_total{outcome="ok",stream="false"}' in metrics
+    assert 'twice_requests_total{outcome="ok",stream="false",variant="none"}' in metrics
     ok = [
         line
         for line in metrics.splitlines()
-        if line.startswith('twice_requests_total{outcome="client_error",stream="false"}')
+        if line.startswith('twice_requests_total{outcome="client_error",stream="false",variant="none"}')
     ]
     assert ok
     assert float(ok[0].split()[-1]) >= 1
