@@ -22,7 +22,7 @@ from tests.deploy.chart import (
     workloads,
 )
 
-CONTAINERS = {"gateway": "gateway", "vllm": "vllm", "redis": "redis"}
+CONTAINERS = {"gateway": "gateway", "vllm": "vllm", "redis": "redis", "router": "router"}
 # Paths inside the containers, not on this machine.
 CONTAINER_TMP = "/tmp"  # noqa: S108
 CONTAINER_SHM = "/dev/shm"  # noqa: S108

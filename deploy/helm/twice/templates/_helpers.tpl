@@ -57,6 +57,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "twice.componentName" (dict "root" . "component" "vllm") -}}
 {{- end -}}
 
+{{- define "twice.router.fullname" -}}
+{{- include "twice.componentName" (dict "root" . "component" "router") -}}
+{{- end -}}
+
 {{- define "twice.redis.fullname" -}}
 {{- include "twice.componentName" (dict "root" . "component" "redis") -}}
 {{- end -}}
@@ -85,11 +89,13 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 The vLLM base URL the gateway calls (without /v1): an explicit gateway.vllmUpstream wins, then the chart's
-own vLLM Service when vllm.enabled.
+router when router.enabled, then the chart's own vLLM Service when vllm.enabled.
 */}}
 {{- define "twice.vllmUpstream" -}}
 {{- if .Values.gateway.vllmUpstream -}}
 {{- .Values.gateway.vllmUpstream -}}
+{{- else if .Values.router.enabled -}}
+{{- printf "http://%s:%d" (include "twice.router.fullname" .) (int .Values.router.service.port) -}}
 {{- else if .Values.vllm.enabled -}}
 {{- printf "http://%s:%d" (include "twice.vllm.fullname" .) (int .Values.vllm.service.port) -}}
 {{- end -}}
@@ -113,6 +119,9 @@ own vLLM Service when vllm.enabled.
 {{- define "twice.validate" -}}
 {{- if and (eq .Values.gateway.backend "vllm") (not (include "twice.vllmUpstream" .)) -}}
 {{- fail "gateway.backend=vllm needs vllm.enabled=true or gateway.vllmUpstream" -}}
+{{- end -}}
+{{- if and .Values.router.enabled (not .Values.vllm.enabled) -}}
+{{- fail "router.enabled routes to this release's vLLM pods: it needs vllm.enabled=true" -}}
 {{- end -}}
 {{- if and .Values.redis.enabled (or .Values.redis.external.url .Values.redis.external.existingSecret) -}}
 {{- fail "set either redis.enabled or redis.external, not both" -}}
@@ -138,4 +147,14 @@ llama.cpp would start one thread per host core, far more than the pod's CPU quot
 {{- max 1 (int (float64 $cpu)) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The release's vLLM pods as a label selector (`k=v,k=v`), for the router's pod discovery. */}}
+{{- define "twice.router.vllmSelector" -}}
+{{- $labels := include "twice.selectorLabels" (dict "root" . "component" "vllm") | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $key := keys $labels | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key (get $labels $key)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
