@@ -6,8 +6,6 @@ The server here is a scripted fault fake on loopback: a real model server cannot
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +18,7 @@ from openai import AsyncOpenAI
 from evaluation.client import RequestSettings, complete
 from evaluation.datasets import Item, Message
 from evaluation.plans import parse_plan
-from tests.support.vllm_stub import free_port
+from tests.support.loopback import free_port, serving_app
 
 SCRIPT: dict[str, list[int]] = {
     "flaky": [503],
@@ -66,28 +64,8 @@ class FaultServer:
 
 @contextmanager
 def serving(server: FaultServer) -> Iterator[str]:
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(server.app, access_log=None)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serving_app(server.app) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from tests.support.fake_model import Choice, answer, prompt_words, yes_probability
+from tests.support.loopback import free_port, serving_app
 
 __all__ = ["StubState", "VllmStub", "free_port", "running_stub", "yes_probability"]
 
@@ -199,37 +198,9 @@ class VllmStub:
         return response
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running_stub(state: StubState | None = None, port: int | None = None) -> Iterator[tuple[str, VllmStub]]:
     """Serve a stub on loopback in a thread of its own; yields its base URL and the stub."""
     stub = VllmStub(state)
-    port = port or free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(stub.app, access_log=None)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True, name="vllm-stub")
-    thread.start()
-    if not started.wait(10):
-        raise RuntimeError("the vLLM stub did not start")
-    try:
-        yield f"http://127.0.0.1:{port}", stub
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serving_app(stub.app, port) as url:
+        yield url, stub
