@@ -18,14 +18,19 @@ from refiners.ledger import BudgetExhausted
 from refiners.prompts import meta_messages, render, template
 
 QUESTION_TOKENS = 48
+_FENCE_LINE = re.compile(r"<<<|>>|\bdata-[0-9a-f]{8,}", re.IGNORECASE)
 _NUMBERING = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|Q\d*[.:)])\s*", re.IGNORECASE)
 
 
-def parse_questions(text: str, limit: int) -> list[str]:
-    """Non-empty lines with their list markers stripped, at most `limit` of them."""
+def parse_questions(text: str, limit: int, echoed: tuple[str, ...] = ()) -> list[str]:
+    """Non-empty lines with their list markers stripped, at most `limit` of them. Lines that merely echo
+    the prompt (the fence's marker lines, in any case, or one of `echoed`) are not questions."""
+    skip = {" ".join(e.lower().split()) for e in echoed}
     questions: list[str] = []
     for line in text.splitlines():
         question = _NUMBERING.sub("", line).strip()
+        if _FENCE_LINE.search(question) or " ".join(question.lower().split()) in skip:
+            continue
         if len(question) > 3:
             questions.append(question[:300])
         if len(questions) == limit:
@@ -63,7 +68,9 @@ class SelfQuestion:
                     Sampling(max_tokens=QUESTION_TOKENS * config.questions, temperature=0.0),
                 ),
             )
-            for number, question in enumerate(parse_questions(asked.text, config.questions), start=1):
+            for number, question in enumerate(
+                parse_questions(asked.text, config.questions, echoed=(request_text,)), start=1
+            ):
                 answer = await run.ledger.complete(
                     "self_question",
                     "answer",

@@ -80,6 +80,11 @@ async def test_self_refine_runs_several_rounds_within_budget() -> None:
     assert run.ledger.calls == 6
 
 
+def test_question_parsing_drops_echoes_of_the_prompt() -> None:
+    text = "<<<DATA-1FA3A2EE0EF22E8A\nWhy is the sky blue?\nData-1FA3A2EE0EF22E8A>>\n1. What is light?"
+    assert parse_questions(text, 3, echoed=("Why is the  sky blue?",)) == ["What is light?"]
+
+
 def test_question_parsing_strips_list_markers() -> None:
     text = "1. What is light?\n2) Why green?\n- How fast?\n\nQ4: Extra?"
     assert parse_questions(text, 3) == ["What is light?", "Why green?", "How fast?"]
