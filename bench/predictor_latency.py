@@ -5,7 +5,7 @@ from the shared evaluation data (AdvBench, XSTest, MT-bench, vicuna-bench, self-
 questions and long instructions with inputs), for several passes, and prints p50/p99/max in microseconds.
 Target: p99 under 1 ms on the 2-core development machine.
 
-    .venv/bin/python bench/predictor_latency.py [--data-dir /work/shared/data] [--per-source 60] [--passes 5]
+    .venv/bin/python bench/predictor_latency.py [--data-dir ../shared/data] [--per-source 60] [--passes 5]
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 from predictor.errors import LabelsError
 from predictor.labels import sha256_file
 
-DEFAULT_DATA_DIR = Path("/work/shared/data")
+DEFAULT_DATA_DIR = Path(
+    os.environ.get("TWICE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+"""The public evaluation sets: `TWICE_DATA_DIR`, else `shared/data` beside the repository."""
 
 SOURCE_FILES: dict[str, str] = {
     "advbench": "advbench/harmful_behaviors.csv",
