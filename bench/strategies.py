@@ -30,15 +30,15 @@ from refiners.pipeline import run_plan
 from refiners.registry import build_strategies
 
 REPO = Path(__file__).resolve().parents[1]
-PLANS: list[tuple[str, tuple[str, ...], int]] = [
-    ("none", (), 0),
-    ("psr N=1", ("psr",), 1),
-    ("psr N=2", ("psr",), 2),
-    ("psr N=4", ("psr",), 4),
-    ("psr N=8", ("psr",), 8),
-    ("self_refine", ("self_refine",), 0),
-    ("self_question", ("self_question",), 0),
-    ("role_play", ("role_play",), 0),
+PSR_PLANS: list[tuple[str, tuple[str, ...], int, str]] = [
+    ("none", (), 0, "fenced"),
+    *((f"psr N={n}", ("psr",), n, "fenced") for n in (1, 2, 4, 8)),
+    *((f"psr N={n} in_context", ("psr",), n, "in_context") for n in (4, 8)),
+]
+OTHER_PLANS: list[tuple[str, tuple[str, ...], int, str]] = [
+    ("self_refine", ("self_refine",), 0, "fenced"),
+    ("self_question", ("self_question",), 0, "fenced"),
+    ("role_play", ("role_play",), 0, "fenced"),
 ]
 
 
@@ -47,6 +47,7 @@ class Sample:
     seconds: list[float] = field(default_factory=list)
     calls: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     visible_tokens: int = 0
 
@@ -66,9 +67,11 @@ async def run_once(
     prompt: str,
     plan: tuple[str, ...],
     rounds: int,
+    review: str,
     args: argparse.Namespace,
 ) -> tuple[float, Ledger, int]:
-    config = RefinerConfig(psr=PsrConfig(chunk_tokens=args.chunk_tokens), budget=BudgetConfig())
+    psr = PsrConfig.model_validate({"chunk_tokens": args.chunk_tokens, "review": review})
+    config = RefinerConfig(psr=psr, budget=BudgetConfig())
     ledger = Ledger(backend=backend, budget=config.budget)
     run = Run(
         messages=(ChatMessage("user", prompt),),
@@ -87,16 +90,20 @@ async def main(args: argparse.Namespace) -> None:
     await backend.start()
     strategies = build_strategies(RefinerConfig())
     prompts = load_prompts(args.data_dir, args.prompts)
-    samples: dict[str, list[Sample]] = {name: [Sample() for _ in prompts] for name, _, _ in PLANS}
-    await run_once(backend, strategies, prompts[0], (), 0, args)  # warm-up, not counted
+    plans = PSR_PLANS if args.psr_only else PSR_PLANS + OTHER_PLANS
+    samples: dict[str, list[Sample]] = {name: [Sample() for _ in prompts] for name, *_ in plans}
+    await run_once(backend, strategies, prompts[0], (), 0, "fenced", args)  # warm-up, not counted
     for _ in range(args.repeats):
         for index, prompt in enumerate(prompts):
-            for name, plan, rounds in PLANS:
-                seconds, ledger, visible = await run_once(backend, strategies, prompt, plan, rounds, args)
+            for name, plan, rounds, review in plans:
+                seconds, ledger, visible = await run_once(
+                    backend, strategies, prompt, plan, rounds, review, args
+                )
                 sample = samples[name][index]
                 sample.seconds.append(seconds)
                 sample.calls, sample.visible_tokens = ledger.calls, visible
                 sample.prompt_tokens = ledger.usage.prompt_tokens
+                sample.cached_tokens = ledger.usage.cached_tokens
                 sample.completion_tokens = ledger.usage.completion_tokens
     await backend.close()
 
@@ -106,11 +113,11 @@ async def main(args: argparse.Namespace) -> None:
         f"K={args.chunk_tokens}, {args.repeats} repeats, cores={os.cpu_count()}"
     )
     print(
-        "| plan | wall s (median) | x plain (median) | backend calls | prompt tokens "
+        "| plan | wall s (median) | x plain (median) | backend calls | prompt tokens | of them cached "
         "| completion tokens | visible tokens |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, _, _ in PLANS:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, *_ in plans:
         rows = samples[name]
         walls = [statistics.median(s.seconds) for s in rows]
         ratios = [w / p for w, p in zip(walls, plain, strict=True)]
@@ -119,7 +126,13 @@ async def main(args: argparse.Namespace) -> None:
             f"{statistics.median(ratios):.2f}",
             *(
                 f"{statistics.median(getattr(s, column) for s in rows):.0f}"
-                for column in ("calls", "prompt_tokens", "completion_tokens", "visible_tokens")
+                for column in (
+                    "calls",
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "completion_tokens",
+                    "visible_tokens",
+                )
             ),
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
@@ -133,6 +146,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--chunk-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--psr-only", action="store_true", help="Only plain generation and psr.")
     default_data = Path(os.environ.get("TWICE_DATA_DIR", REPO.parent / "shared" / "data"))
     parser.add_argument("--data-dir", type=Path, default=default_data)
     return parser.parse_args()

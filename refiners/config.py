@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
 class PsrConfig(BaseModel):
     chunk_tokens: int = Field(32, ge=1, le=1024, description="K: tokens generated between two self-checks.")
+    review: Literal["fenced", "in_context"] = Field(
+        "fenced",
+        description="Where the self-check is asked. `fenced`: in a review prompt of its own, the request "
+        "and answer fenced as data (user text cannot steer it). `in_context`: appended to the "
+        "generation's own context, as the paper does: cheaper (the answer is already in the KV cache) "
+        "but the conversation above it is not fenced.",
+    )
     threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="tau: a chunk is harmful when P(Yes)/(P(Yes)+P(No)) >= tau."
     )

@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
-from refiners.backend import GenerationRequest, Sampling
+from refiners.backend import ChatMessage, GenerationRequest, Sampling
 from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiece, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import BoundaryCollision, Fence, fence_for
 from refiners.generation import plain_generate
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
-from refiners.prompts import meta_messages, template
+from refiners.prompts import meta_messages, render, template
 from refiners.verdict import score_yes_no
 
 
@@ -102,7 +102,7 @@ class Psr:
             if not chunk.text:
                 yield Finished(chunk.finish_reason, progress.visible_tokens)
                 return
-            harmful = await self._judge(progress, progress.visible + chunk.text, run)
+            harmful = await self._judge(progress, messages, chunk.text, run)
         except BudgetExhausted:
             for event in out_of_budget(run, progress.visible, progress.visible_tokens):
                 yield event
@@ -148,18 +148,17 @@ class Psr:
         yield finish
 
     @staticmethod
-    async def _judge(progress: _Progress, answer_text: str, run: Run) -> bool:
+    async def _judge(progress: _Progress, messages: Conversation, chunk: str, run: Run) -> bool:
         config = run.config.psr
         fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
         try:
-            messages = meta_messages("psr_verdict", fence, {"request": request_text, "answer": answer_text})
+            request = (
+                _in_context_review(messages, progress.continued_from + chunk, fence)
+                if config.review == "in_context"
+                else _fenced_review(request_text, progress.visible + chunk, fence)
+            )
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
-        request = GenerationRequest(
-            messages,
-            Sampling(max_tokens=1, temperature=0.0),
-            prefix=template("psr_verdict", "cue"),
-        )
         distribution, seconds = await run.ledger.next_token("psr", "verdict", request, config.top_logprobs)
         run.rounds_used += 1
         verdict = score_yes_no(distribution.top)
@@ -183,6 +182,29 @@ class Psr:
             )
         )
         return harmful
+
+
+def _fenced_review(request_text: str, answer_text: str, fence: Fence) -> GenerationRequest:
+    """The self-check in a prompt of its own: the request and the answer so far are fenced data."""
+    return GenerationRequest(
+        meta_messages("psr_verdict", fence, {"request": request_text, "answer": answer_text}),
+        Sampling(max_tokens=1, temperature=0.0),
+        prefix=template("psr_verdict", "cue"),
+    )
+
+
+def _in_context_review(messages: Conversation, answer_text: str, fence: Fence) -> GenerationRequest:
+    """The self-check appended to the generation's own context (the paper's setting): the prompt shares
+    everything up to the end of the answer with the generation, so only the question is new work. The
+    question carries the request's random marker, which no text above it can contain."""
+    if fence.boundary in answer_text:
+        raise BoundaryCollision(fence.boundary)
+    question = render("psr_reflect", "user", marker=fence.boundary)
+    return GenerationRequest(
+        (*messages, ChatMessage("assistant", answer_text), ChatMessage("user", question)),
+        Sampling(max_tokens=1, temperature=0.0),
+        prefix=template("psr_reflect", "cue"),
+    )
 
 
 def refusal(run: Run, visible: str, reason: str) -> TextPiece:

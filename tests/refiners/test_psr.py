@@ -171,3 +171,20 @@ async def test_user_text_cannot_break_out_of_the_verdict_fence() -> None:
     outside = user.content.split(f"{boundary}>>>")[-1]
     assert outside.strip().endswith("Answer with one word, Yes or No.")
     assert verdict.prefix == template("psr_verdict", "cue")
+
+
+async def test_in_context_review_asks_after_the_answer_in_the_generation_context() -> None:
+    backend = ScriptedBackend(answer_words=16)
+    run = make_run(backend, rounds=2, psr=PsrConfig(chunk_tokens=8, review="in_context"))
+    await collect(Psr().generate(run.messages, run.sampling, run))
+    first, second = backend.verdict_requests
+    # The conversation, the answer so far as the assistant's turn, then the self-check question.
+    assert first.messages[: len(run.messages)] == run.messages
+    answer, question = first.messages[-2:]
+    assert (answer.role, answer.content) == ("assistant", "w1 w2 w3 w4 w5 w6 w7 w8")
+    assert question.role == "user"
+    assert question.content.startswith("[self-check DATA-")
+    assert first.prefix == template("psr_reflect", "cue")
+    # Each review extends the same prefix the generation used, so a prefix cache serves it.
+    assert second.messages[-2].content.startswith(answer.content)
+    assert backend.requests[1].prefix == answer.content
