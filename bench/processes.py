@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.servers import stop_process
 from tests.support.vllm_stub import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,17 +80,6 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float, 
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if process.stdout:
-        process.stdout.close()
-
-
 def _announced_port(process: subprocess.Popen[bytes]) -> int:
     assert process.stdout is not None
     seen: list[str] = []
@@ -116,7 +106,7 @@ def running_stub(
         _wait_healthy(f"{base}/health", process, 30, "stub")
         yield Server(base, process.pid)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextmanager
@@ -141,7 +131,7 @@ def running_gateway(
             time.sleep(WORKER_SETTLE_S)
         yield Server(base, process.pid)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def pin_self(cpus: Sequence[int] | None) -> None:
