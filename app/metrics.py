@@ -10,8 +10,10 @@ from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.rounds import ROUNDS_SOURCES
 from refiners.ledger import VerdictResult
 
+ROUNDS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 OUTCOMES = ("ok", "client_error", "rate_limited", "backend_error", "server_error", "cancelled")
@@ -129,6 +131,19 @@ class GatewayMetrics:
         self.rounds = Counter(
             "twice_rounds_total", "psr reflection rounds, granted and used.", ["kind"], registry=registry
         )
+        self.rounds_granted = Histogram(
+            "twice_rounds_granted",
+            "psr rounds granted per request, by how they were chosen (app/rounds.py).",
+            ["source"],
+            buckets=ROUNDS_BUCKETS,
+            registry=registry,
+        )
+        self.telemetry = Counter(
+            "twice_telemetry_entries_total",
+            "Telemetry stream entries, written or dropped (Redis down).",
+            ["result"],
+            registry=registry,
+        )
         self.verdicts = Counter(
             "twice_verdicts_total", "psr self-check verdicts by result.", ["result"], registry=registry
         )
@@ -161,6 +176,10 @@ class GatewayMetrics:
             "twice_redis_up", "1 while Redis answers, 0 while the gateway runs without it.", registry=registry
         )
         self.upstreams = UpstreamMetrics(registry)
+        for source in ROUNDS_SOURCES:
+            self.rounds_granted.labels(source=source)
+        for result in ("written", "dropped"):
+            self.telemetry.labels(result=result)
         for result in CACHE_RESULTS:
             self.cache_lookups.labels(result=result)
         for outcome in OUTCOMES:

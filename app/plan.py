@@ -24,6 +24,8 @@ class Plan:
     rounds: Rounds
     """psr rounds asked for: a number, or `auto` for the predictor to choose."""
     trace: bool = False
+    client_rounds: bool = False
+    """The rounds came from the client's X-Twice-Rounds (not from the server's plan or an experiment)."""
 
     @property
     def applied(self) -> str:
@@ -93,4 +95,9 @@ def parse_plan(headers: Mapping[str, str], settings: PlanSettings) -> Plan:
         if rounds_header is not None
         else parse_rounds(settings.rounds, settings.max_rounds, "TWICE_PLAN__ROUNDS")
     )
-    return Plan(strategies=strategies, rounds=rounds, trace=parse_trace(headers.get(TRACE_HEADER.lower())))
+    return Plan(
+        strategies=strategies,
+        rounds=rounds,
+        trace=parse_trace(headers.get(TRACE_HEADER.lower())),
+        client_rounds=rounds_header is not None,
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 from app.plan import Plan
 from app.protocol.chat import CompletionTokensDetails, PromptTokensDetails, UsageInfo
+from app.rounds import RoundsDecision
 from app.streaming import sse_event
 from refiners.backend import Usage
 from refiners.base import Run
@@ -65,12 +66,19 @@ def usage_info(usage: Usage, visible_tokens: int | None = None) -> UsageInfo:
     )
 
 
-def twice_extension(run: Run, plan: Plan, ctx: RequestContext) -> dict[str, Any]:
+def twice_extension(
+    run: Run, plan: Plan, ctx: RequestContext, rounds: RoundsDecision | None = None
+) -> dict[str, Any]:
+    """`rounds` adds how the psr rounds were chosen (asked, predicted, source) to `rounds`."""
     ledger = run.ledger
     extension: dict[str, Any] = {
         "request_id": ctx.request_id,
         "strategies": list(plan.strategies),
-        "rounds": {"granted": run.rounds, "used": run.rounds_used},
+        "rounds": {
+            "granted": run.rounds,
+            "used": run.rounds_used,
+            **(rounds.to_dict() if rounds is not None and "psr" in plan.strategies else {}),
+        },
         "backend_calls": ledger.calls,
         "backtracks": run.backtracks,
         "refused": run.refused,

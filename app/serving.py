@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -24,8 +24,10 @@ from app.plan import STRATEGY_HEADER, Plan, parse_plan
 from app.protocol.chat import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
 from app.requests import check_limits, load_json_object, parse_chat_request
 from app.responses import RequestContext, plan_headers, twice_extension, usage_info
+from app.rounds import NO_ROUNDS, ROUNDS_GRANTED_HEADER, RoundsDecision, RoundsPolicy
 from app.settings import Settings
 from app.streaming import DONE, SSE_HEADERS, sse_error
+from app.telemetry import Telemetry
 from refiners.backend import Sampling
 from refiners.base import Conversation, Finished, Run, Strategy, TextPiece
 from refiners.config import RefinerConfig
@@ -33,9 +35,6 @@ from refiners.ledger import Ledger
 from refiners.pipeline import run_plan
 
 log = logging.getLogger("twice.serving")
-
-RoundsPolicy = Callable[[Conversation], int]
-"""Chooses psr rounds for `X-Twice-Rounds: auto`."""
 
 
 class ChatService:
@@ -45,9 +44,10 @@ class ChatService:
         metrics: GatewayMetrics,
         settings: Settings,
         strategies: Mapping[str, Strategy],
-        auto_rounds: RoundsPolicy,
+        rounds: RoundsPolicy,
         forwarder: ForwardingBackend | None = None,
         gate: Gate | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._gate = gate
         self._backend = backend
@@ -55,7 +55,8 @@ class ChatService:
         self._observer = MetricsObserver(metrics)
         self._settings = settings
         self._strategies = strategies
-        self._auto_rounds = auto_rounds
+        self._rounds = rounds
+        self._telemetry = telemetry
         self._forwarder = forwarder
         self._refiner_config = RefinerConfig(
             psr=settings.psr,
@@ -153,10 +154,21 @@ class ChatService:
         )
         return messages, sampling
 
-    def _new_run(self, messages: Conversation, sampling: Sampling, plan: Plan, ctx: RequestContext) -> Run:
-        rounds = 0
-        if "psr" in plan.strategies:
-            rounds = self._auto_rounds(messages) if plan.rounds == "auto" else plan.rounds
+    def _decide_rounds(self, messages: Conversation, plan: Plan) -> RoundsDecision:
+        if "psr" not in plan.strategies:
+            return NO_ROUNDS
+        decision = self._rounds.decide(plan.rounds, messages, from_client=plan.client_rounds)
+        self._metrics.rounds_granted.labels(source=decision.source).observe(decision.granted)
+        return decision
+
+    def _new_run(
+        self,
+        messages: Conversation,
+        sampling: Sampling,
+        plan: Plan,
+        rounds: RoundsDecision,
+        ctx: RequestContext,
+    ) -> Run:
         ledger = Ledger(
             backend=self._backend,
             budget=self._settings.budget,
@@ -166,8 +178,17 @@ class ChatService:
             model=ctx.model,
         )
         return Run(
-            messages=messages, sampling=sampling, config=self._refiner_config, ledger=ledger, rounds=rounds
+            messages=messages,
+            sampling=sampling,
+            config=self._refiner_config,
+            ledger=ledger,
+            rounds=rounds.granted,
         )
+
+    async def _record(self, run: Run, plan: Plan, rounds: RoundsDecision, outcome: str) -> None:
+        """One telemetry entry per finished psr request (not for cancelled ones: their run is partial)."""
+        if self._telemetry is not None and "psr" in plan.strategies:
+            await self._telemetry.record(run, rounds, outcome)
 
     async def create(
         self, request: ChatCompletionRequest, plan: Plan, extension: Mapping[str, Any] | None = None
@@ -178,23 +199,31 @@ class ChatService:
         messages, sampling = self._conversation(request, plan)
         extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
         ctx = RequestContext.new(request.model)
-        run = self._new_run(messages, sampling, plan, ctx)
+        rounds = self._decide_rounds(messages, plan)
+        run = self._new_run(messages, sampling, plan, rounds, ctx)
         run.extra = extra
         headers = plan_headers(plan, ctx)
+        if "psr" in plan.strategies:
+            headers[ROUNDS_GRANTED_HEADER] = str(run.rounds)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(run, plan, ctx, include_usage, labels),
+                self._stream(run, plan, rounds, ctx, include_usage, labels),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
             )
         parts: list[str] = []
         finished = Finished("stop", 0)
-        async for event in run_plan(plan.strategies, self._strategies, run):
-            if isinstance(event, TextPiece):
-                parts.append(event.text)
-            else:
-                finished = event
+        try:
+            async for event in run_plan(plan.strategies, self._strategies, run):
+                if isinstance(event, TextPiece):
+                    parts.append(event.text)
+                else:
+                    finished = event
+        except Exception:
+            await self._record(run, plan, rounds, "error")
+            raise
+        await self._record(run, plan, rounds, "refused" if run.refused else "answered")
         self._count_run(run, finished)
         body = ChatCompletion(
             id=ctx.request_id,
@@ -204,7 +233,7 @@ class ChatService:
                 Choice(message=AssistantMessage(content="".join(parts)), finish_reason=finished.finish_reason)
             ],
             usage=usage_info(run.ledger.usage, finished.visible_tokens),
-            twice={**twice_extension(run, plan, ctx), **labels},
+            twice={**twice_extension(run, plan, ctx, rounds), **labels},
         )
         self._observe(ctx, "false", "ok")
         headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
@@ -213,7 +242,13 @@ class ChatService:
         )
 
     async def _stream(
-        self, run: Run, plan: Plan, ctx: RequestContext, include_usage: bool, labels: dict[str, Any]
+        self,
+        run: Run,
+        plan: Plan,
+        rounds: RoundsDecision,
+        ctx: RequestContext,
+        include_usage: bool,
+        labels: dict[str, Any],
     ) -> AsyncIterator[bytes]:
         outcome = "cancelled"
         first_text = True
@@ -229,7 +264,9 @@ class ChatService:
                         first_text = False
                     yield ctx.chunk({"content": event.text})
             self._count_run(run, finished)
-            yield ctx.chunk({}, finished.finish_reason, twice={**twice_extension(run, plan, ctx), **labels})
+            await self._record(run, plan, rounds, "refused" if run.refused else "answered")
+            extension = {**twice_extension(run, plan, ctx, rounds), **labels}
+            yield ctx.chunk({}, finished.finish_reason, twice=extension)
             if include_usage:
                 yield ctx.usage_chunk(usage_info(run.ledger.usage, finished.visible_tokens))
             outcome = "ok"
@@ -239,6 +276,7 @@ class ChatService:
             if error.status_code >= 500:
                 log.warning("stream %s failed after it started: %s", ctx.request_id, type(exc).__name__)
             outcome = "backend_error" if error.status_code in (502, 503, 504) else "server_error"
+            await self._record(run, plan, rounds, "error")
             yield sse_error(error)
             yield DONE
         finally:

@@ -202,6 +202,31 @@ class PlanSettings(BaseModel):
         None, description="Directory of a predictor artifact and its card; default: the one shipped."
     )
     auto_floor: int = Field(0, ge=0, le=64, description="Fewest rounds `auto` grants.")
+    client_may_lower_rounds: bool = Field(
+        False,
+        description="Honour an X-Twice-Rounds below what `auto` would grant. Off: such a request gets "
+        "what `auto` grants, so a client cannot switch the self-check off with X-Twice-Rounds: 0.",
+    )
+    auto_explore_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of `auto` requests given the predictor's whole range instead of its choice, so "
+        "that telemetry keeps observing traffic the predictor checks little.",
+    )
+
+
+class TelemetrySettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description="Append each psr request's features, rounds, first harmful round and outcome to a capped "
+        "Redis stream that `twice predictor train --from-redis` retrains from.",
+    )
+    stream: str = Field("telemetry", description="Stream key, after the Redis key prefix.")
+    max_entries: int = Field(100_000, ge=1, description="The stream is trimmed to about this many entries.")
+    store_text: bool = Field(
+        False, description="Also store the request's messages (off: features only, no request text)."
+    )
 
 
 class PlaygroundSettings(BaseModel):
@@ -233,6 +258,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
 
     @field_validator("backend", mode="before")

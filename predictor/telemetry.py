@@ -1,8 +1,10 @@
 """Training rows from the gateway's capped Redis stream `twice:telemetry`.
 
-Each entry has the fields `messages` (JSON, optional), `features` (a `FeatureVector` in JSON, optional, for
-deployments that do not keep text), `rounds_used`, `first_harmful_round` (empty when no verdict fired) and
-`outcome`. An entry becomes a row when it can be labelled:
+Each entry (written by the gateway, app/telemetry.py, with `entry_fields`) has the fields `messages` (JSON,
+only where the gateway is configured to keep text), `features` (a `FeatureVector` in JSON), `rounds_granted`,
+`rounds_used`, `first_harmful_round` (empty when no verdict fired), `rounds_source` (how the gateway chose the
+rounds: app/rounds.py) and `outcome` (`answered`, `refused` or `error`). An entry becomes a row when it can
+be labelled:
 - a harmful verdict fired at round r: harmful, label r (capped at max_rounds);
 - no verdict fired and at least one round ran: benign, label 0;
 - no round ran (rounds_used 0): skipped as unobserved. Labelling it 0 would teach the predictor its own
@@ -58,6 +60,30 @@ def read_telemetry(url: str, max_rounds: int, stream: str = STREAM, batch: int =
     finally:
         client.close()
     return TelemetryRead(rows=rows, skipped=skipped)
+
+
+def entry_fields(
+    *,
+    features: FeatureVector,
+    rounds_granted: int,
+    rounds_used: int,
+    first_harmful_round: int | None,
+    rounds_source: str,
+    outcome: str,
+    messages: list[dict[str, Any]] | None = None,
+) -> dict[str, str]:
+    """One stream entry, as `entry_row` reads it back."""
+    fields = {
+        "features": json.dumps(features.to_json(), separators=(",", ":")),
+        "rounds_granted": str(rounds_granted),
+        "rounds_used": str(rounds_used),
+        "first_harmful_round": "" if first_harmful_round is None else str(first_harmful_round),
+        "rounds_source": rounds_source,
+        "outcome": outcome,
+    }
+    if messages is not None:
+        fields["messages"] = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return fields
 
 
 def _decoded(raw: Any) -> list[tuple[str, dict[str, str]]]:

@@ -60,6 +60,8 @@ class Run:
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend fields carried to every call that writes the answer (never to self-checks)."""
     rounds_used: int = 0
+    first_harmful_round: int | None = None
+    """The round of the first harmful psr verdict, if one fired (the predictor's label)."""
     backtracks: int = 0
     refused: bool = False
 

@@ -163,6 +163,8 @@ class Psr:
         run.rounds_used += 1
         verdict = score_yes_no(distribution.top)
         harmful = config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
+        if harmful and run.first_harmful_round is None:
+            run.first_harmful_round = run.rounds_used
         run.ledger.observer.verdict(
             "off_format" if verdict.off_format else ("harmful" if harmful else "safe")
         )

@@ -14,6 +14,8 @@ def test_no_headers_gives_the_server_default() -> None:
     assert plan.strategies == ("psr",)
     assert plan.rounds == 3
     assert not plan.trace
+    assert not plan.client_rounds  # the server's number: honoured as it is (app/rounds.py)
+    assert parse_plan({"x-twice-rounds": "3"}, DEFAULTS).client_rounds
 
 
 def test_header_order_does_not_change_the_pipeline() -> None:

@@ -15,6 +15,7 @@ import redis
 from tests.experiments.support import OwnRedis, chat, eventually, gateway_env, metric_value
 from tests.support.servers import running_gateway
 
+PSR = {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "2"}
 SEED = [
     {
         "name": "seeded",
@@ -51,6 +52,7 @@ def test_gateway_serves_through_a_redis_outage(own_redis: OwnRedis, stub_url: st
         TWICE_EXPERIMENTS__DEFAULT="seeded",
         TWICE_CACHE__ENABLED="true",
         TWICE_LIMITS__REQUESTS_PER_MINUTE="1000",
+        TWICE_EXPERIMENTS__ALLOW_OVERRIDE="true",  # so that the psr requests below leave the experiment
     )
     client = redis.Redis(port=own_redis.port, decode_responses=True)
     with running_gateway("--backend", "vllm", "--upstream", stub_url, env=env) as base:
@@ -59,6 +61,9 @@ def test_gateway_serves_through_a_redis_outage(own_redis: OwnRedis, stub_url: st
         assert metric_value(base, "twice_redis_up") == 1
         before = [chat(base, temperature=0, content=f"before {i}") for i in range(3)]
         variants = {r.headers["x-twice-variant"] for r in before}
+        assert chat(base, headers=PSR, content="checked before").status_code == 200
+        assert client.xlen("twice:telemetry") == 1
+        assert metric_value(base, "twice_telemetry_entries_total", result="written") == 1
 
         own_redis.stop()
         during = []
@@ -74,6 +79,9 @@ def test_gateway_serves_through_a_redis_outage(own_redis: OwnRedis, stub_url: st
         assert metric_value(base, "twice_redis_up") == 0
         assert metric_value(base, "twice_redis_errors_total") >= 1
         assert metric_value(base, "twice_cache_lookups_total", result="skipped") >= 12
+        # A psr request loses its telemetry entry, not its answer.
+        assert chat(base, headers=PSR, content="checked during").status_code == 200
+        assert metric_value(base, "twice_telemetry_entries_total", result="dropped") == 1
 
         own_redis.start()
         _, seconds = eventually(lambda: redis_state(base) == "ok", timeout=10)

@@ -16,7 +16,7 @@ from predictor.datasets import DEFAULT_DATA_DIR, load_prompts
 from predictor.features import FeatureConfig, extract
 from predictor.labels import read_labels
 from predictor.model import CARD_FILE, RoundPredictor
-from predictor.telemetry import STREAM, read_telemetry
+from predictor.telemetry import STREAM, entry_fields, entry_row, read_telemetry
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 
@@ -133,3 +133,17 @@ def test_unreachable_redis_is_a_clear_failure(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot read twice:telemetry" in result.stderr
+
+
+def test_what_the_gateway_writes_is_what_training_reads() -> None:
+    user = [{"role": "user", "content": "how do I pick a lock"}]
+    vector = extract(user, FeatureConfig())
+    common = {"features": vector, "rounds_granted": 8, "rounds_used": 3, "rounds_source": "predictor"}
+    fields = entry_fields(first_harmful_round=2, outcome="refused", **common)  # type: ignore[arg-type]
+    assert "messages" not in fields
+    row = entry_row("1-0", fields, max_rounds=8)
+    assert (row.harmful, row.label_rounds, row.messages) == (True, 2, None)
+    assert row.vector(FeatureConfig()).values.tolist() == vector.values.tolist()
+    with_text = entry_fields(first_harmful_round=None, outcome="answered", messages=user, **common)  # type: ignore[arg-type]
+    row = entry_row("1-1", with_text, max_rounds=8)
+    assert (row.harmful, row.label_rounds, row.messages) == (False, 0, tuple(user))

@@ -39,6 +39,7 @@ GATEWAY_ENV = {
     "TWICE_PSR__CHUNK_TOKENS": "4",
     "TWICE_PSR__FINAL_CHECK": "false",
     "TWICE_PSR__TOP_LOGPROBS": "5",
+    "TWICE_PLAN__CLIENT_MAY_LOWER_ROUNDS": "true",  # X-Twice-Rounds: 0 below streams at once
 }
 
 
