@@ -44,6 +44,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     label.add_argument("--concurrency", type=int, default=4, help="Requests in flight (default 4).")
     label.add_argument("--api-key", help="Bearer key for the gateway, if it needs one.")
     label.add_argument(
+        "--skip-benign",
+        action="store_true",
+        help="Label benign prompts 0 without sending them (their label does not depend on the run).",
+    )
+    label.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    label.add_argument(
         "--dataset-derived",
         action="store_true",
         help="Skip the gateway: harmful prompts get max rounds, benign 0 (provisional labels).",
@@ -86,6 +92,8 @@ def _label(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
                 concurrency=args.concurrency,
                 api_key=args.api_key,
+                observe_benign=not args.skip_benign,
+                progress=not args.no_progress,
             )
             rows, failed = asyncio.run(label_through_gateway(prompts, run))
             failures = [{"id": failure.id, "error": failure.error} for failure in failed]
@@ -97,6 +105,7 @@ def _label(args: argparse.Namespace) -> int:
             "base_url": None if args.dataset_derived else args.base_url,
             "max_rounds": args.max_rounds,
             "max_tokens": None if args.dataset_derived else args.max_tokens,
+            "benign_observed": not (args.dataset_derived or args.skip_benign),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": shlex.join(["twice", *sys.argv[1:]]),
             "data_sha256": data_hashes(args.data_dir),
@@ -127,11 +136,40 @@ def _train(args: argparse.Namespace) -> int:
         predictor = train(rows, options)
         predictor.card = _with_provenance(predictor.card, labels_path, rows)
         card = predictor.save(args.out)
+        written = write_held_out(rows, set(card.training["held_out_ids"]), args.out)
     except PredictorError as error:
         print(f"twice predictor train: {error}", file=sys.stderr)
         return 1
     _print_metrics(card.metrics, card.tail_risk, args.out)
+    for path in written:
+        print(f"wrote {path} (held-out prompts for `twice eval --dataset {path}`)")
     return 0
+
+
+def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> list[Path]:
+    """The held-out prompts with text, as `twice eval` datasets: one file of harmful, one of benign."""
+    written = []
+    for harmful, name in ((True, "held_out_harmful.jsonl"), (False, "held_out_benign.jsonl")):
+        chosen = [r for r in rows if r.id in held_out and r.harmful == harmful and r.messages is not None]
+        if not chosen:
+            continue
+        lines = [
+            json.dumps(
+                {
+                    "id": row.id,
+                    "messages": list(row.messages or ()),
+                    "label": "harmful" if harmful else "benign",
+                    "source": row.source,
+                    "label_rounds": row.label_rounds,
+                },
+                ensure_ascii=False,
+            )
+            for row in chosen
+        ]
+        path = out / name
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def _training_rows(args: argparse.Namespace) -> tuple[list[LabelledRow], Path, str]:

@@ -4,7 +4,8 @@ Request: `POST {base_url}/v1/chat/completions` with `X-Twice-Strategy: psr`, `X-
 `X-Twice-Trace: 1`, temperature 0. From the response's `twice.trace`, the `round` of the first step with
 `"step": "verdict"` and `"harmful": true` is the observed first harmful round. The label is that round for a
 harmful prompt (N when no verdict fired) and 0 for a benign prompt, whatever was observed (the observed value
-is kept in the row).
+is kept in the row). With `observe_benign` off, benign prompts take their label 0 without a call: it does
+not depend on the run, and skipping them halves the cost (their observed round is then unknown, None).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from tqdm import tqdm
 
 from predictor.datasets import LabelledPrompt
 from predictor.errors import LabelsError
@@ -30,6 +32,8 @@ class GatewayRun:
     concurrency: int = 4
     timeout_s: float = 600.0
     api_key: str | None = None
+    observe_benign: bool = True
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,17 +93,24 @@ async def label_through_gateway(
         headers["Authorization"] = f"Bearer {run.api_key}"
     limit = asyncio.Semaphore(run.concurrency)
     timeout = aiohttp.ClientTimeout(total=run.timeout_s)
+    sent = [prompt for prompt in prompts if prompt.harmful or run.observe_benign]
+    bar = tqdm(total=len(sent), desc="psr labels", unit="prompt", disable=not run.progress)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 
         async def one(prompt: LabelledPrompt) -> LabelledRow | LabelFailure:
+            if not (prompt.harmful or run.observe_benign):
+                return label_row(prompt, None, run.max_rounds)
             async with limit:
                 try:
                     response = await _complete(session, run, prompt)
                     return label_row(prompt, first_harmful_round(response, run.max_rounds), run.max_rounds)
                 except (aiohttp.ClientError, TimeoutError, LabelsError) as error:
                     return LabelFailure(prompt.id, f"{type(error).__name__}: {error}")
+                finally:
+                    bar.update()
 
         results = await asyncio.gather(*(one(prompt) for prompt in prompts))
+    bar.close()
     rows = [result for result in results if isinstance(result, LabelledRow)]
     failures = [result for result in results if isinstance(result, LabelFailure)]
     return rows, failures

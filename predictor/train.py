@@ -102,8 +102,9 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     }
     if eval_only:
         metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
+    held_out_ids = sorted(trainable[i].id for i in test_idx)
     predictor.card = dataclasses.replace(
-        card, metrics=metrics, training=_training_info(options, len(train_idx), len(test_idx))
+        card, metrics=metrics, training=_training_info(options, len(train_idx), held_out_ids)
     )
     return predictor
 
@@ -169,7 +170,7 @@ def _strata(rows: Sequence[LabelledRow], minimum: int) -> npt.NDArray[np.str_]:
     return keys
 
 
-def _training_info(options: TrainOptions, train_rows: int, test_rows: int) -> dict[str, Any]:
+def _training_info(options: TrainOptions, train_rows: int, held_out_ids: list[str]) -> dict[str, Any]:
     return {
         "model": (
             f"LogisticRegression(C={options.regularization}, class_weight=balanced) "
@@ -178,7 +179,8 @@ def _training_info(options: TrainOptions, train_rows: int, test_rows: int) -> di
         "seed": options.seed,
         "test_size": options.test_size,
         "train_rows": train_rows,
-        "held_out_rows": test_rows,
+        "held_out_rows": len(held_out_ids),
+        "held_out_ids": held_out_ids,
         "stratified_by": "source and harmfulness",
         "target_under_share": options.target_under_share,
         "tail_risk_calibration": f"{options.folds}-fold out-of-fold on the training split",

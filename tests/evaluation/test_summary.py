@@ -89,6 +89,7 @@ def test_costs_read_usage_and_twice_and_tolerate_their_absence() -> None:
     cost = measures([with_twice, plain, bare])["cost"]
     assert cost["backend_calls_mean"] == 7
     assert cost["backend_calls_known"] == 1
+    assert cost["rounds_granted_mean"] == 4
     assert cost["rounds_used_mean"] == 3
     assert cost["prompt_tokens_mean"] == 420
     assert cost["hidden_tokens_mean"] == 6  # 12 and 0 (no details: all visible)

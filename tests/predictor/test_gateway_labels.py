@@ -1,7 +1,7 @@
 """`twice predictor label`: datasets, trace parsing and the whole command against a FAKE gateway on loopback.
 
-The gateway does not implement psr yet, so `fake_gateway` stands in for it, answering in exactly the
-documented response contract; see its docstring.
+`fake_gateway` answers in exactly the documented response contract and fires verdicts on demand, which the
+135M embedded model almost never does; the real gateway runs the command in tests/api/test_rounds_auto.py.
 """
 
 from __future__ import annotations

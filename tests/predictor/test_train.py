@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.datasets import load_jsonl
 from predictor.errors import LabelsError
 from predictor.labels import LabelledRow, read_labels
 from predictor.model import CARD_FILE, RoundPredictor
@@ -109,6 +110,15 @@ def test_cli_train_writes_a_loadable_artifact_and_card(small_labels_file: Path, 
     assert card["versions"]["scikit-learn"]
     held_out = card["metrics"]["held_out"]
     assert held_out["benign_mean_rounds"] < held_out["harmful_mean_rounds"]
+    # The held-out prompts come out as `twice eval` datasets, so the eval runs on exactly that split.
+    ids = set(card["training"]["held_out_ids"])
+    assert len(ids) == card["training"]["held_out_rows"] == held_out["rows"]
+    harmful = load_jsonl(out / "held_out_harmful.jsonl")
+    benign = load_jsonl(out / "held_out_benign.jsonl")
+    assert {item.item_id for item in harmful + benign} == ids
+    assert {item.label for item in harmful} == {"harmful"}
+    assert {item.label for item in benign} == {"benign"}
+    assert len(harmful) == held_out["harmful"]
 
 
 def test_cli_train_reports_a_bad_labels_file(tmp_path: Path) -> None:
