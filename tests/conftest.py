@@ -67,6 +67,7 @@ SMALL_STRATEGIES = {
 
 @pytest.fixture(scope="session")
 def strategy_gateway() -> Iterator[str]:
-    """`twice serve` on the embedded model with small strategy budgets."""
-    with running_gateway(env=SMALL_STRATEGIES) as base:
+    """`twice serve` on the embedded model with small strategy budgets, honouring each request's rounds
+    exactly: the strategy tests check psr at fixed budgets (tests/api/test_rounds_auto.py the policy)."""
+    with running_gateway(env={**SMALL_STRATEGIES, "TWICE_PLAN__CLIENT_MAY_LOWER_ROUNDS": "true"}) as base:
         yield base

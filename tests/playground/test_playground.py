@@ -48,6 +48,8 @@ GATEWAY_ENV = {
     "TWICE_ROLE_PLAY__ROLE_TOKENS": "16",
     "TWICE_EMBEDDED__N_CTX": "384",
     "TWICE_AUTH__API_KEYS": API_KEY,
+    # The page is compared plan by plan: each column gets exactly the rounds it names, not the predictor's.
+    "TWICE_PLAN__CLIENT_MAY_LOWER_ROUNDS": "true",
 }
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "playground.png"
 RUN_TIMEOUT_MS = 120_000
