@@ -20,6 +20,7 @@ from app.plan import Rounds
 from app.settings import PlanSettings
 from predictor import RoundPredictor
 from predictor.features import FeatureConfig, FeatureVector, extract
+from predictor.model import DEFAULT_ARTIFACT_DIR
 from refiners.base import Conversation
 
 RoundsSource = Literal["client", "raised", "server", "predictor", "explore", "fixed"]
@@ -67,11 +68,12 @@ class RoundsPolicy:
         """Loads the configured artifact; one that fails its card check stops start-up."""
         if not settings.predictor:
             return cls(settings, None)
-        floor = min(settings.auto_floor, settings.max_rounds)
-        if settings.predictor_path is None:
-            predictor = RoundPredictor.default(floor=floor, ceiling=settings.max_rounds)
-        else:
-            predictor = RoundPredictor.load(settings.predictor_path, floor=floor, ceiling=settings.max_rounds)
+        predictor = RoundPredictor.load(
+            settings.predictor_path or DEFAULT_ARTIFACT_DIR,
+            floor=min(settings.auto_floor, settings.max_rounds),
+            ceiling=settings.max_rounds,
+            tail_risk=settings.predictor_tail_risk,
+        )
         return cls(settings, predictor)
 
     def decide(self, asked: Rounds, messages: Conversation, *, from_client: bool = True) -> RoundsDecision:

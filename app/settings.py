@@ -201,6 +201,14 @@ class PlanSettings(BaseModel):
     predictor_path: Path | None = Field(
         None, description="Directory of a predictor artifact and its card; default: the one shipped."
     )
+    predictor_tail_risk: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="The predictor's safety/compute trade-off: a request gets the fewest rounds whose "
+        "predicted risk of needing more is at most this. Default: the value calibrated in training (its "
+        "card). Lower is safer and costs more; the card's `frontier` lists both sides at each value.",
+    )
     auto_floor: int = Field(0, ge=0, le=64, description="Fewest rounds `auto` grants.")
     client_may_lower_rounds: bool = Field(
         False,

@@ -19,9 +19,12 @@ from predictor.errors import PredictorError
 from predictor.gateway_labels import GatewayRun, dataset_row, label_through_gateway
 from predictor.labels import LabelledRow, read_labels, sha256_file, write_labels
 from predictor.telemetry import STREAM, read_telemetry
-from predictor.train import DATASET_DERIVED, PSR_OBSERVED, TrainOptions, train
+from predictor.train import DATASET_DERIVED, EVAL_ONLY_SOURCES, PSR_OBSERVED, TrainOptions, train
 
 TELEMETRY_LABELS = "psr-observed (gateway telemetry)"
+HELD_OUT_DIR = "held_out"
+"""Where `train` writes the prompts it never fitted on, beside the artifact (not shipped: they are in
+labels.jsonl)."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -142,23 +145,28 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     _print_metrics(card.metrics, card.tail_risk, args.out)
     for path in written:
-        print(f"wrote {path} (held-out prompts for `twice eval --dataset {path}`)")
+        print(f"wrote {path} (never trained on: `twice eval --dataset {path}`)")
     return 0
 
 
 def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> list[Path]:
-    """The held-out prompts with text, as `twice eval` datasets: one file of harmful, one of benign."""
+    """The prompts no model was fitted on, with text, as `twice eval` datasets in `out/held_out/`: one file
+    per source and label (`xstest_benign.jsonl`), so the eval's tables break down the same way. They are the
+    held-out split plus every row of an evaluation-only source."""
+    groups: dict[str, list[LabelledRow]] = {}
+    for row in rows:
+        if row.messages is not None and (row.id in held_out or row.source in EVAL_ONLY_SOURCES):
+            groups.setdefault(f"{row.source}_{'harmful' if row.harmful else 'benign'}", []).append(row)
+    folder = out / HELD_OUT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for harmful, name in ((True, "held_out_harmful.jsonl"), (False, "held_out_benign.jsonl")):
-        chosen = [r for r in rows if r.id in held_out and r.harmful == harmful and r.messages is not None]
-        if not chosen:
-            continue
+    for name, chosen in sorted(groups.items()):
         lines = [
             json.dumps(
                 {
                     "id": row.id,
                     "messages": list(row.messages or ()),
-                    "label": "harmful" if harmful else "benign",
+                    "label": "harmful" if row.harmful else "benign",
                     "source": row.source,
                     "label_rounds": row.label_rounds,
                 },
@@ -166,7 +174,7 @@ def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> li
             )
             for row in chosen
         ]
-        path = out / name
+        path = folder / f"{name}.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append(path)
     return written
@@ -224,5 +232,13 @@ def _print_metrics(metrics: Any, tail_risk: float, out: Path) -> None:
                 f"{source.get('benign_mean_rounds', source.get('harmful_mean_rounds'))} "
                 f"saved {source.get('benign_rounds_saved_pct', '-')}% "
                 f"under {source.get('harmful_under_share', '-')}"
+            )
+    if "frontier" in metrics:
+        print("held-out trade-off (TWICE_PLAN__PREDICTOR_TAIL_RISK chooses another point):")
+        for point in metrics["frontier"]:
+            print(
+                f"{'':>20}tail_risk {point['tail_risk']:<6}: benign rounds saved "
+                f"{point['benign_rounds_saved_pct']}% | "
+                f"harmful under-provisioned {point['harmful_under_share']}"
             )
     print(f"wrote the artifact and its card to {out}")

@@ -45,15 +45,26 @@ logger = logging.getLogger(__name__)
 class RoundPredictor:
     """Predicts reflection rounds in `[floor, min(ceiling, max_rounds)]` for a conversation."""
 
-    def __init__(self, model: Any, card: ModelCard, *, floor: int = 0, ceiling: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        card: ModelCard,
+        *,
+        floor: int = 0,
+        ceiling: int | None = None,
+        tail_risk: float | None = None,
+    ) -> None:
         _check_consistent(model, card)
         upper = card.max_rounds if ceiling is None else min(ceiling, card.max_rounds)
         if not 0 <= floor <= upper:
             raise ValueError(f"need 0 <= floor <= ceiling <= max_rounds, got {floor}, {upper}")
+        if tail_risk is not None and not 0.0 <= tail_risk < 1.0:
+            raise ValueError(f"tail_risk {tail_risk} is not in [0, 1)")
         self.model = model
         self.card = card
         self.floor = floor
         self.ceiling = upper
+        self._tail_risk = tail_risk
         self._classes = np.asarray(model.classes_, dtype=np.int64)
         self._coef: npt.NDArray[np.float64] = np.asarray(model.coef_, dtype=np.float64)
         self._intercept: npt.NDArray[np.float64] = np.asarray(model.intercept_, dtype=np.float64)
@@ -61,6 +72,12 @@ class RoundPredictor:
     @property
     def max_rounds(self) -> int:
         return self.card.max_rounds
+
+    @property
+    def tail_risk(self) -> float:
+        """The operator's override, else the card's calibrated value (the card's `frontier` shows both
+        sides of the trade at each value)."""
+        return self.card.tail_risk if self._tail_risk is None else self._tail_risk
 
     def predict_rounds(self, messages: Messages) -> int:
         return self.rounds_for(extract(messages, self.card.feature_config))
@@ -91,7 +108,7 @@ class RoundPredictor:
         return probabilities
 
     def _decide(self, probabilities: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        rounds = decide_rounds(probabilities, self._classes, self.card.tail_risk)
+        rounds = decide_rounds(probabilities, self._classes, self.tail_risk)
         return np.clip(rounds, self.floor, self.ceiling)
 
     def save(self, directory: Path) -> ModelCard:
@@ -107,7 +124,9 @@ class RoundPredictor:
         return card
 
     @classmethod
-    def load(cls, directory: Path, *, floor: int = 0, ceiling: int | None = None) -> RoundPredictor:
+    def load(
+        cls, directory: Path, *, floor: int = 0, ceiling: int | None = None, tail_risk: float | None = None
+    ) -> RoundPredictor:
         """Load an artifact after checking its card; raises an `ArtifactError` subclass when refused."""
         card = ModelCard.read(directory / CARD_FILE)
         problem = card.feature_config.incompatibility()
@@ -128,12 +147,14 @@ class RoundPredictor:
             raise UntrustedArtifactError(f"{artifact} holds untrusted types {untrusted}; refusing to load")
         model = sio.loads(data, trusted=TRUSTED_TYPES)
         _warn_on_version_drift(card)
-        return cls(model, card, floor=floor, ceiling=ceiling)
+        return cls(model, card, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
 
     @classmethod
-    def default(cls, *, floor: int = 0, ceiling: int | None = None) -> RoundPredictor:
+    def default(
+        cls, *, floor: int = 0, ceiling: int | None = None, tail_risk: float | None = None
+    ) -> RoundPredictor:
         """The artifact shipped in the package (see docs/predictor.md for how it was made)."""
-        return cls.load(DEFAULT_ARTIFACT_DIR, floor=floor, ceiling=ceiling)
+        return cls.load(DEFAULT_ARTIFACT_DIR, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
 
 
 def decide_rounds(

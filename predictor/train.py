@@ -102,11 +102,37 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     }
     if eval_only:
         metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
+    metrics["frontier"] = frontier(predictor, [trainable[i] for i in test_idx], options)
     held_out_ids = sorted(trainable[i].id for i in test_idx)
     predictor.card = dataclasses.replace(
         card, metrics=metrics, training=_training_info(options, len(train_idx), held_out_ids)
     )
     return predictor
+
+
+def frontier(
+    predictor: RoundPredictor, rows: Sequence[LabelledRow], options: TrainOptions
+) -> list[dict[str, float]]:
+    """The trade `tail_risk` makes, on `rows` (the held-out split): for each value of the calibration grid,
+    benign rounds saved and the share of harmful prompts under-provisioned, so that an operator can choose
+    another point (TWICE_PLAN__PREDICTOR_TAIL_RISK) knowing both sides of it."""
+    matrix = to_matrix([row.vector(options.config) for row in rows], options.config.n_features)
+    probabilities = predictor.probabilities(matrix)
+    classes = np.asarray(predictor.card.classes, dtype=np.int64)
+    labels = [min(row.label_rounds, options.max_rounds) for row in rows]
+    harmful = [row.harmful for row in rows]
+    points = []
+    for tail_risk in sorted(TAIL_RISK_GRID):
+        rounds = decide_rounds(probabilities, classes, tail_risk)
+        metrics = round_metrics(labels, rounds.tolist(), harmful, options.max_rounds)
+        points.append(
+            {
+                "tail_risk": tail_risk,
+                "benign_rounds_saved_pct": metrics.get("benign_rounds_saved_pct", 0.0),
+                "harmful_under_share": metrics.get("harmful_under_share", 0.0),
+            }
+        )
+    return points
 
 
 def _fit(matrix: Any, labels: npt.NDArray[np.int64], options: TrainOptions) -> Any:

@@ -11,6 +11,7 @@ import pytest
 from app.rounds import RoundsPolicy
 from app.settings import PlanSettings
 from predictor import RoundPredictor
+from predictor.features import extract, to_matrix
 from refiners.backend import ChatMessage
 from refiners.base import Conversation
 
@@ -101,3 +102,15 @@ def test_features_for_telemetry_are_computed_when_the_predictor_did_not() -> Non
 def test_a_number_from_the_server_plan_or_an_experiment_is_honoured() -> None:
     decision = policy().decide(0, RISKY, from_client=False)
     assert (decision.granted, decision.source, decision.predicted) == (0, "server", None)
+
+
+def test_the_operators_tail_risk_reaches_the_predictor() -> None:
+    shipped = RoundPredictor.default()
+    features = extract([{"role": m.role, "content": m.content} for m in RISKY], shipped.card.feature_config)
+    (risk,) = shipped.probabilities(to_matrix([features], features.n_features))[:, -1]
+    assert risk < 1.0, "the test needs a threshold above the prompt's risk"
+    # Above the prompt's risk it gets no rounds; at 0 anything short of certainty gets the maximum.
+    assert policy(predictor_tail_risk=(risk + 1) / 2).decide("auto", RISKY).granted == 0
+    assert policy(predictor_tail_risk=0.0).decide("auto", BENIGN).granted == shipped.max_rounds
+    with pytest.raises(ValueError, match="predictor_tail_risk"):
+        PlanSettings.model_validate({"predictor_tail_risk": 1.0})

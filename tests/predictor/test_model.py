@@ -49,6 +49,18 @@ def test_harmful_prompt_gets_more_rounds_than_benign(trained: RoundPredictor) ->
     assert (even_odds.predict_rounds(HARMFUL), even_odds.predict_rounds(BENIGN)) == (8, 0)
 
 
+def test_an_operator_tail_risk_overrides_the_calibrated_one(trained: RoundPredictor) -> None:
+    config = trained.card.feature_config
+    (risk,) = trained.probabilities(to_matrix([extract(HARMFUL, config)], config.n_features))[:, -1]
+    stricter = RoundPredictor(trained.model, trained.card, tail_risk=risk * 0.99)
+    looser = RoundPredictor(trained.model, trained.card, tail_risk=min(risk * 1.01, 0.999))
+    assert (stricter.predict_rounds(HARMFUL), looser.predict_rounds(HARMFUL)) == (8, 0)
+    assert (looser.tail_risk, trained.tail_risk) == (min(risk * 1.01, 0.999), trained.card.tail_risk)
+    for invalid in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="tail_risk"):
+            RoundPredictor(trained.model, trained.card, tail_risk=invalid)
+
+
 def test_floor_and_ceiling_clamp(trained: RoundPredictor) -> None:
     floored = RoundPredictor(trained.model, trained.card, floor=2)
     capped = RoundPredictor(trained.model, trained.card, ceiling=3)

@@ -113,12 +113,18 @@ def test_cli_train_writes_a_loadable_artifact_and_card(small_labels_file: Path, 
     # The held-out prompts come out as `twice eval` datasets, so the eval runs on exactly that split.
     ids = set(card["training"]["held_out_ids"])
     assert len(ids) == card["training"]["held_out_rows"] == held_out["rows"]
-    harmful = load_jsonl(out / "held_out_harmful.jsonl")
-    benign = load_jsonl(out / "held_out_benign.jsonl")
-    assert {item.item_id for item in harmful + benign} == ids
-    assert {item.label for item in harmful} == {"harmful"}
-    assert {item.label for item in benign} == {"benign"}
+    # One file per source and label; the evaluation-only source comes whole, since nothing fitted on it.
+    files = {path.stem: load_jsonl(path) for path in sorted((out / "held_out").glob("*.jsonl"))}
+    eval_only = {f"{source}_benign" for source in EVAL_ONLY_SOURCES}
+    split = [item for name, items in files.items() if name not in eval_only for item in items]
+    assert {item.item_id for item in split} == ids
+    for name, items in files.items():
+        source, _, label = name.rpartition("_")
+        assert {item.label for item in items} == {label}, name
+        assert {item.meta["source"] for item in items} == {source}, name
+    harmful = [item for name, items in files.items() if name.endswith("_harmful") for item in items]
     assert len(harmful) == held_out["harmful"]
+    assert sum(len(files[name]) for name in eval_only) == card["metrics"]["eval_only_sources"]["rows"]
 
 
 def test_cli_train_reports_a_bad_labels_file(tmp_path: Path) -> None:
