@@ -157,6 +157,17 @@ class RoundPredictor:
         return cls.load(DEFAULT_ARTIFACT_DIR, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
 
 
+def parameters_sha256(model: LogisticRegression) -> str:
+    """A digest of what the model computes (classes, coefficients, intercepts as little-endian float64).
+    The artifact file's own sha256 differs between two runs that fit the same model, because skops names
+    its arrays by object id; this one does not, so a retrained artifact can be compared with the shipped
+    one."""
+    digest = hashlib.sha256()
+    for array in (model.classes_, model.coef_, model.intercept_):
+        digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
 def decide_rounds(
     probabilities: npt.NDArray[np.float64], classes: npt.NDArray[np.int64], tail_risk: float
 ) -> npt.NDArray[np.int64]:

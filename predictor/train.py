@@ -28,7 +28,7 @@ from predictor.card import ModelCard
 from predictor.errors import LabelsError
 from predictor.features import FeatureConfig, to_matrix
 from predictor.labels import LabelledRow
-from predictor.model import RoundPredictor, decide_rounds
+from predictor.model import RoundPredictor, decide_rounds, parameters_sha256
 
 EVAL_ONLY_SOURCES = frozenset({"self_instruct_user_oriented"})
 DATASET_DERIVED = "dataset-derived, not psr-observed"
@@ -104,9 +104,11 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
         metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
     metrics["frontier"] = frontier(predictor, [trainable[i] for i in test_idx], options)
     held_out_ids = sorted(trainable[i].id for i in test_idx)
-    predictor.card = dataclasses.replace(
-        card, metrics=metrics, training=_training_info(options, len(train_idx), held_out_ids)
-    )
+    training = {
+        **_training_info(options, len(train_idx), held_out_ids),
+        "parameters_sha256": parameters_sha256(model),
+    }
+    predictor.card = dataclasses.replace(card, metrics=metrics, training=training)
     return predictor
 
 
@@ -139,8 +141,13 @@ def _fit(matrix: Any, labels: npt.NDArray[np.int64], options: TrainOptions) -> A
     # liblinear is several times faster on two classes; more classes need lbfgs's multinomial (softmax)
     # model, which is what `RoundPredictor` computes at serving time.
     solver = "liblinear" if np.unique(labels).size == 2 else "lbfgs"
+    # liblinear shuffles with random_state: without a fixed one, two runs write different artifacts.
     model = LogisticRegression(
-        C=options.regularization, class_weight="balanced", solver=solver, max_iter=2000
+        C=options.regularization,
+        class_weight="balanced",
+        solver=solver,
+        max_iter=2000,
+        random_state=options.seed,
     )
     return model.fit(matrix, labels)
 

@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evaluation.datasets import load_jsonl
 from predictor.errors import LabelsError
 from predictor.labels import LabelledRow, read_labels
-from predictor.model import CARD_FILE, RoundPredictor
+from predictor.model import CARD_FILE, RoundPredictor, parameters_sha256
 from predictor.train import EVAL_ONLY_SOURCES, round_metrics, train
 from tests.predictor.conftest import SMALL_OPTIONS
 
@@ -47,6 +48,19 @@ def test_eval_only_sources_are_reported_but_not_trained_on(trained: RoundPredict
     assert f"{source}:benign" not in metrics["held_out"]["by_source"]
     trained_rows = trained.card.training["train_rows"] + trained.card.training["held_out_rows"]
     assert trained_rows == 60 * 6 - 60
+
+
+def test_training_reproduces_the_same_model(small_rows: list[LabelledRow], tmp_path: Path) -> None:
+    first, second = (train(small_rows, SMALL_OPTIONS) for _ in range(2))
+    assert np.array_equal(first.model.coef_, second.model.coef_)
+    assert np.array_equal(first.model.intercept_, second.model.intercept_)
+    digest = first.card.training["parameters_sha256"]
+    assert digest == second.card.training["parameters_sha256"]
+    # The digest names the fitted parameters, not the file: it survives the round trip through skops.
+    first.save(tmp_path)
+    assert parameters_sha256(RoundPredictor.load(tmp_path).model) == digest
+    other = train(small_rows, dataclasses.replace(SMALL_OPTIONS, regularization=1.0))
+    assert other.card.training["parameters_sha256"] != digest
 
 
 def test_tail_risk_is_calibrated_from_the_target(small_rows: list[LabelledRow]) -> None:
