@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from app.metrics import GatewayMetrics
 from app.settings import RedisSettings

@@ -1,0 +1,45 @@
+"""The gateway's Redis connection, against the real Redis on 127.0.0.1:6379.
+
+pytest turns warnings into errors here, so building the store in-process also checks that redis-py accepts
+its retry policy as given (a synchronous `redis.retry.Retry` is converted with a UserWarning, and the
+one-try policy would then rest on redis-py's conversion).
+"""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from app.metrics import GatewayMetrics
+from app.settings import RedisSettings
+from app.store import RedisStore, StoreUnavailable
+
+
+async def test_store_answers_and_tries_each_command_once() -> None:
+    store = RedisStore(RedisSettings(), GatewayMetrics(CollectorRegistry()))
+    try:
+        assert await store.check()
+        assert store.state == "ok"
+        assert store.client is not None
+        retry = store.client.get_retry()
+        assert retry is not None
+        assert retry.get_retries() == 0
+        key = store.key("test-store", "ping")
+        await store.run(lambda client: client.set(key, "1", ex=5))
+        assert await store.run(lambda client: client.get(key)) == "1"
+    finally:
+        await store.close()
+
+
+async def test_store_unreachable_degrades_instead_of_raising() -> None:
+    # Port 1 refuses connections at once on loopback: a Redis that is down, without waiting on a timeout.
+    settings = RedisSettings(url=SecretStr("redis://127.0.0.1:1/0"))
+    store = RedisStore(settings, GatewayMetrics(CollectorRegistry()))
+    try:
+        assert not await store.check()
+        assert store.state == "degraded"
+        with pytest.raises(StoreUnavailable):
+            await store.run(lambda client: client.get("anything"))
+    finally:
+        await store.close()
