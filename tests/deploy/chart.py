@@ -49,7 +49,9 @@ def template_args(value_set: str, overrides: tuple[str, ...] = ()) -> list[str]:
     if values_file is not None:
         args += ["--values", str(values_file)]
     for override in overrides:
-        args += ["--set", override]
+        # `path:=json` for a value --set would read as a string (helm's --set keeps 0.15 a string).
+        key, json_sep, json_value = override.partition(":=")
+        args += ["--set-json", f"{key}={json_value}"] if json_sep else ["--set", override]
     return args
 
 

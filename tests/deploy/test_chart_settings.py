@@ -77,6 +77,27 @@ def test_gateway_settings_load_from_the_chart(value_set: str, monkeypatch: pytes
     assert settings.plan.max_rounds == int(environment["TWICE_PLAN__MAX_ROUNDS"])
 
 
+def test_round_policy_values_reach_the_gateways_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = settings_from(gateway_environment("default"), monkeypatch).plan
+    assert defaults.predictor_tail_risk is None  # null: the card's calibrated value, not a chart guess
+    assert not defaults.client_may_lower_rounds
+    overrides = (
+        "plan.autoFloor=2",
+        "plan.predictorTailRisk:=0.15",
+        "plan.clientMayLowerRounds=true",
+        "plan.autoExploreShare:=0.05",
+    )
+    environment = dict(render("default", *overrides).one("ConfigMap", "gateway")["data"])
+    plan = settings_from(environment, monkeypatch).plan
+    assert (plan.auto_floor, plan.predictor_tail_risk) == (2, 0.15)
+    assert plan.client_may_lower_rounds
+    assert plan.auto_explore_share == 0.05
+
+
+def test_a_tail_risk_of_one_or_more_is_refused_by_the_chart() -> None:
+    assert "predictorTailRisk" in render_error("default", "plan.predictorTailRisk:=1")
+
+
 def test_a_plan_the_gateway_refuses_is_refused_by_the_chart_too() -> None:
     """The schema's strategy pattern and the gateway's parser agree on a name the gateway does not know."""
     with pytest.raises(InvalidRequest):
