@@ -71,7 +71,8 @@ def select_items(config: EvalConfig) -> list[Item]:
 
 
 def merge_plans(out_dir: Path, plans: tuple[Plan, ...]) -> list[Plan]:
-    """Plans of earlier runs in this folder plus these; one name with other headers would mix results."""
+    """Plans of earlier runs in this folder plus these, in the order they first ran there (a rerun with a
+    new plan keeps the summary's rows in place); one name with other headers would mix results."""
     path = out_dir / PLANS_FILE
     stored: dict[str, dict[str, str]] = json.loads(path.read_text("utf-8")) if path.exists() else {}
     for plan in plans:
@@ -83,8 +84,8 @@ def merge_plans(out_dir: Path, plans: tuple[Plan, ...]) -> list[Plan]:
         stored[plan.name] = plan.header_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stored, indent=2) + "\n", "utf-8")
-    given = {plan.name for plan in plans}
-    return [*plans, *(Plan(name, tuple(h.items())) for name, h in stored.items() if name not in given)]
+    given = {plan.name: plan for plan in plans}
+    return [given.get(name) or Plan(name, tuple(headers.items())) for name, headers in stored.items()]
 
 
 class Evaluator:

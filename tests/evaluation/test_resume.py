@@ -92,6 +92,6 @@ def test_interrupted_run_resumes_with_the_rest(tmp_path: Path, slow_stub: tuple[
 def test_a_plan_name_cannot_change_its_headers_in_one_folder(tmp_path: Path) -> None:
     merge_plans(tmp_path, (parse_plan("none=X-Twice-Strategy:none"),))
     again = merge_plans(tmp_path, (parse_plan("psr2=X-Twice-Strategy:psr,X-Twice-Rounds:2"),))
-    assert [plan.name for plan in again] == ["psr2", "none"]
+    assert [plan.name for plan in again] == ["none", "psr2"]
     with pytest.raises(PlanError, match="plan 'none' ran in"):
         merge_plans(tmp_path, (parse_plan("none=X-Twice-Strategy:psr"),))

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from evaluation.plans import Plan, parse_plan
-from evaluation.plots import ROUNDS_PNG, SAFETY_COST_PNG, rounds_groups, write_plots
+from evaluation.plots import (
+    ROUNDS_PNG,
+    ROUNDS_SPENT_PNG,
+    SAFETY_COST_PNG,
+    rounds_groups,
+    rounds_spent,
+    write_plots,
+)
 from evaluation.records import Record, RecordWriter, done_keys, latest, load_records
 from evaluation.summary import SUMMARY_JSON, SUMMARY_MD, measures, write_summary
 
@@ -149,3 +156,38 @@ def test_no_plots_without_the_data_for_them(tmp_path: Path) -> None:
     plan = Plan("only")
     summary = write_summary(tmp_path, [record("only", "1", "benign", dataset="vicuna_bench")], [plan])
     assert write_plots(summary, tmp_path) == []
+
+
+def test_rounds_per_dataset_plot_follows_the_reported_rounds(tmp_path: Path) -> None:
+    plans = [
+        parse_plan("psr8=X-Twice-Strategy:psr,X-Twice-Rounds:8"),
+        parse_plan("auto=X-Twice-Strategy:psr,X-Twice-Rounds:auto"),
+    ]
+    granted = {
+        ("psr8", "advbench"): 8,
+        ("psr8", "mt_bench"): 8,
+        ("auto", "advbench"): 8,
+        ("auto", "mt_bench"): 2,
+    }
+    records = [
+        record(
+            plan.name,
+            f"{dataset}-{i}",
+            "harmful" if dataset == "advbench" else "benign",
+            dataset=dataset,
+            twice={
+                "rounds": {"granted": granted[plan.name, dataset], "used": granted[plan.name, dataset] - i}
+            },
+        )
+        for plan in plans
+        for dataset in ("advbench", "mt_bench")
+        for i in range(2)
+    ]
+    summary = write_summary(tmp_path, records, plans)
+    assert rounds_spent(summary) == {
+        "advbench": {"psr8": (8, 7.5), "auto": (8, 7.5)},
+        "mt_bench": {"psr8": (8, 7.5), "auto": (2, 1.5)},
+    }
+    written = write_plots(summary, tmp_path)
+    assert ROUNDS_SPENT_PNG in [path.name for path in written]
+    assert (tmp_path / ROUNDS_SPENT_PNG).read_bytes().startswith(PNG_SIGNATURE)
