@@ -260,7 +260,9 @@ class ColumnView {
     const hidden = usage.completion_tokens_details ? usage.completion_tokens_details.reasoning_tokens : undefined;
     const visible = usage.completion_tokens !== undefined && hidden !== undefined
       ? usage.completion_tokens - hidden : undefined;
-    const rounds = twice.rounds ? `${twice.rounds.used} / ${twice.rounds.granted}` : undefined;
+    // Who chose the rounds, so a column that asked for 2 and got the predictor's 6 ("raised") says so.
+    const chosenBy = twice.rounds && twice.rounds.source ? ` (${twice.rounds.source})` : "";
+    const rounds = twice.rounds ? `${twice.rounds.used} / ${twice.rounds.granted}${chosenBy}` : undefined;
     const rows = [
       ["backend_calls", "backend calls", twice.backend_calls],
       ["hidden_tokens", "hidden tokens", hidden],
