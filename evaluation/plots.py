@@ -40,19 +40,20 @@ def _scatter_cost(axes: Axes, summary: dict[str, Any], cost_key: str, label: str
     plotted = False
     for dataset, rows in summary["datasets"].items():
         for plan, entry in rows.items():
-            x = summary["plans"][plan]["cost"].get(cost_key)
+            # The cost on this dataset (older summaries have only the plan's cost over all of them).
+            x = entry.get("cost", summary["plans"][plan]["cost"]).get(cost_key)
             if "attack_success" not in entry or x is None:
                 continue
             y, error = _percent_with_error(entry["attack_success"])
-            axes.errorbar([x], [y], yerr=error, fmt="o", capsize=3)
-            axes.annotate(
-                f"{plan} ({dataset})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
-            )
+            # A legend, not labels beside the points: plans with equal rates would print over each other.
+            axes.errorbar([x], [y], yerr=error, fmt="o", capsize=3, label=f"{plan} ({dataset})")
             plotted = True
     if not plotted:
         axes.text(
             0.5, 0.5, "not reported by the endpoint", ha="center", va="center", transform=axes.transAxes
         )
+    else:
+        axes.legend(fontsize=7, loc="lower right")
     axes.set_xlabel(label)
     axes.set_ylabel("attack success, % (Wilson 95%)")
     axes.set_ylim(-5, 105)
