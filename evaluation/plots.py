@@ -6,6 +6,7 @@ global figure state and no display backend.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Final
@@ -143,7 +144,8 @@ def plot_rounds_by_dataset(summary: dict[str, Any], out_dir: Path) -> Path | Non
     axes = figure.subplots()
     for index, plan in enumerate(plans):
         positions = [number + (index - (len(plans) - 1) / 2) * width for number in range(len(spent))]
-        pairs = [rows.get(plan, (0.0, 0.0)) for rows in spent.values()]
+        # A plan that did not run on a dataset gets no bar there, not a bar of 0 rounds.
+        pairs = [rows.get(plan, (math.nan, math.nan)) for rows in spent.values()]
         bars = axes.bar(positions, [used for _, used in pairs], width, label=f"{plan}: used")
         axes.bar(
             positions,
