@@ -29,7 +29,7 @@ from app.errors import InvalidRequest
 from app.experiment_store import ExperimentStore
 from app.experiments import assign
 from app.metrics import NO_VARIANT, GatewayMetrics, current_variant
-from app.plan import STRATEGY_HEADER, Plan
+from app.plan import STRATEGY_HEADER, Plan, with_required
 from app.ratelimit import RateLimiter
 from app.responses import RequestContext
 from app.results import Attribution, Outcome, Results
@@ -123,7 +123,9 @@ class Gate:
         if self._settings.experiments.allow_override and STRATEGY_HEADER.lower() in headers:
             return
         variant = assign(experiment.spec, self._subject(payload, headers, ticket.caller))
-        ticket.plan = variant.plan(self._settings.plan.max_rounds, trace=ticket.plan.trace)
+        ticket.plan = with_required(
+            variant.plan(self._settings.plan.max_rounds, trace=ticket.plan.trace), self._settings.plan
+        )
         ticket.experiment, ticket.variant = experiment.name, variant.name
         ticket.extension = {"experiment": experiment.name, "variant": variant.name}
         if not experiment.spec.paused:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from app.errors import InvalidRequest
@@ -26,6 +26,8 @@ class Plan:
     trace: bool = False
     client_rounds: bool = False
     """The rounds came from the client's X-Twice-Rounds (not from the server's plan or an experiment)."""
+    required: tuple[str, ...] = ()
+    """The operator's required strategies (TWICE_PLAN__REQUIRED), all of them in `strategies`."""
 
     @property
     def applied(self) -> str:
@@ -81,8 +83,22 @@ def parse_trace(value: str | None) -> bool:
     raise InvalidRequest(f"{TRACE_HEADER} must be 1 or 0.", param=TRACE_HEADER)
 
 
+def required_strategies(settings: PlanSettings) -> tuple[str, ...]:
+    return parse_strategies(settings.required, "TWICE_PLAN__REQUIRED") if settings.required.strip() else ()
+
+
+def with_required(plan: Plan, settings: PlanSettings) -> Plan:
+    """`plan` with the operator's required strategies added: what a client or an experiment arm asked for
+    can add to them, never remove them."""
+    required = required_strategies(settings)
+    if not required:
+        return plan
+    strategies = canonical_order(sorted({*plan.strategies, *required}))
+    return replace(plan, strategies=strategies, required=required)
+
+
 def parse_plan(headers: Mapping[str, str], settings: PlanSettings) -> Plan:
-    """The plan of a request: its headers, else the server's default plan."""
+    """The plan of a request: its headers, else the server's default plan; the required strategies always."""
     strategy_header = headers.get(STRATEGY_HEADER.lower())
     strategies = (
         parse_strategies(strategy_header, STRATEGY_HEADER)
@@ -95,9 +111,10 @@ def parse_plan(headers: Mapping[str, str], settings: PlanSettings) -> Plan:
         if rounds_header is not None
         else parse_rounds(settings.rounds, settings.max_rounds, "TWICE_PLAN__ROUNDS")
     )
-    return Plan(
+    plan = Plan(
         strategies=strategies,
         rounds=rounds,
         trace=parse_trace(headers.get(TRACE_HEADER.lower())),
         client_rounds=rounds_header is not None,
     )
+    return with_required(plan, settings)

@@ -74,6 +74,7 @@ def twice_extension(
     extension: dict[str, Any] = {
         "request_id": ctx.request_id,
         "strategies": list(plan.strategies),
+        "required": list(plan.required),
         "rounds": {
             "granted": run.rounds,
             "used": run.rounds_used,

@@ -7,16 +7,17 @@
   that it is raised to it, unless the server lets clients lower their budget (`client_may_lower_rounds`):
   otherwise `X-Twice-Rounds: 0` would let any client switch the self-check off.
 - A number from the server (its default plan, an experiment's variant): honoured as it is.
+- When the operator requires psr (`required`), never fewer than `required_min_rounds`, whoever asked.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from app.plan import Rounds
+from app.plan import Rounds, required_strategies
 from app.settings import PlanSettings
 from predictor import RoundPredictor
 from predictor.features import FeatureConfig, FeatureVector, extract
@@ -62,6 +63,11 @@ class RoundsPolicy:
         self._predictor = predictor
         self._explore = explore
         self._floor = min(settings.auto_floor, settings.max_rounds)
+        self._required_floor = (
+            min(settings.required_min_rounds, settings.max_rounds)
+            if "psr" in required_strategies(settings)
+            else 0
+        )
 
     @classmethod
     def from_settings(cls, settings: PlanSettings) -> RoundsPolicy:
@@ -77,6 +83,13 @@ class RoundsPolicy:
         return cls(settings, predictor)
 
     def decide(self, asked: Rounds, messages: Conversation, *, from_client: bool = True) -> RoundsDecision:
+        """The rounds granted; never fewer than the operator's floor when psr is required."""
+        decision = self._decide(asked, messages, from_client=from_client)
+        if decision.granted >= self._required_floor:
+            return decision
+        return replace(decision, granted=self._required_floor, source="raised")
+
+    def _decide(self, asked: Rounds, messages: Conversation, *, from_client: bool) -> RoundsDecision:
         if asked != "auto" and not from_client:
             return RoundsDecision(granted=asked, asked=asked, source="server")
         if asked != "auto" and self._settings.client_may_lower_rounds:

@@ -195,6 +195,18 @@ class PlanSettings(BaseModel):
         "(psr, self_refine, self_question, role_play) or `none`.",
     )
     rounds: str = Field("auto", description="Default psr rounds: `auto` (the predictor) or an integer.")
+    required: str = Field(
+        "",
+        description="Strategies every request gets, whatever its X-Twice-Strategy header or experiment arm "
+        "says: a comma list, or empty for none. Clients may add strategies and rounds, never remove these.",
+    )
+    required_min_rounds: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="When psr is required: the fewest rounds any request gets (client, experiment or "
+        "default plan alike), so that X-Twice-Rounds: 0 cannot switch it off.",
+    )
     max_rounds: int = Field(16, ge=0, le=64, description="Most psr rounds a request may get.")
     auto_rounds: int = Field(4, ge=0, le=64, description="Rounds `auto` grants when the predictor is off.")
     predictor: bool = Field(True, description="`auto` asks the round predictor (see docs/predictor.md).")

@@ -9,14 +9,18 @@ from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiec
 from refiners.ledger import BudgetExhausted
 
 
+def answer_request(messages: Conversation, sampling: Sampling, run: Run) -> GenerationRequest:
+    """The call that writes the answer. A trailing assistant message is a partial answer, continued rather
+    than answered."""
+    if messages and messages[-1].role == "assistant":
+        return GenerationRequest(messages[:-1], sampling, prefix=messages[-1].content, extra=run.extra)
+    return GenerationRequest(messages, sampling, extra=run.extra)
+
+
 async def plain_generate(
     messages: Conversation, sampling: Sampling, run: Run
 ) -> AsyncIterator[GenerationEvent]:
-    """A trailing assistant message is a partial answer, continued rather than answered."""
-    if messages and messages[-1].role == "assistant":
-        request = GenerationRequest(messages[:-1], sampling, prefix=messages[-1].content, extra=run.extra)
-    else:
-        request = GenerationRequest(messages, sampling, extra=run.extra)
+    request = answer_request(messages, sampling, run)
     finish: Finished = Finished("length", 0)
     try:
         async for chunk in run.ledger.stream("generate", "generate", request):

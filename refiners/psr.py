@@ -5,11 +5,13 @@ model is asked, in a review prompt of its own where the request and the answer s
 whether the answer so far is harmful; one token is requested and scored s = P(Yes) / (P(Yes) + P(No)).
 - safe (s < tau): the chunk joins the answer and is released to the client;
 - harmful: the chunk is discarded (backtrack to the last safe checkpoint) and regenerated after a hidden
-  self-correction cue; after B harmful verdicts at one checkpoint the answer ends in a refusal with
-  finish_reason "content_filter".
-With `final_check`, the last round covers the whole rest of the answer. Once the rounds are spent the rest
-streams unchecked, so N = 0 is exactly plain generation. Text the client already received is never taken
-back: a refusal follows it.
+  self-correction cue. The answer ends in a refusal with finish_reason "content_filter" after B harmful
+  verdicts at one checkpoint, or when no round is left to check the regeneration: text generated after a
+  harmful verdict is never released unchecked.
+With `final_check`, the last round covers the whole rest of the answer. Once the rounds are spent with every
+verdict safe, the rest streams unchecked, so N = 0 is exactly plain generation. Each guarded generation (the
+answer, and each self_refine rewrite) gets the request's N rounds of its own. Out of calls or time, psr
+fails closed. Text the client already received is never taken back: a refusal follows it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from refiners.backend import ChatMessage, GenerationRequest, Sampling
 from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiece, last_user_text
 from refiners.config import RefinerConfig
 from refiners.fence import BoundaryCollision, Fence, fence_for
-from refiners.generation import plain_generate
+from refiners.generation import answer_request
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, render, template
 from refiners.verdict import score_yes_no
@@ -41,6 +43,8 @@ class _Progress:
     visible_tokens: int = 0
     checkpoint: int = 1
     harmful_here: int = 0
+    rounds_used: int = 0
+    """Rounds this generation has used (the request's total is `Run.rounds_used`)."""
 
     def accept(self, text: str, tokens: int) -> None:
         self.visible += text
@@ -72,15 +76,9 @@ class Psr:
             if remaining <= 0:
                 yield Finished("length", progress.visible_tokens)
                 return
-            if run.rounds_used >= run.rounds:
-                async for event in self._unchecked_rest(
-                    messages, sampling, remaining, progress.continued_from, run
-                ):
-                    yield (
-                        Finished(event.finish_reason, progress.visible_tokens + event.visible_tokens)
-                        if isinstance(event, Finished)
-                        else event
-                    )
+            if progress.rounds_used >= run.rounds:
+                async for event in self._unchecked_rest(messages, sampling, remaining, progress, run):
+                    yield event
                 return
             async for event in self._checkpoint(messages, sampling, remaining, progress, run):
                 yield event
@@ -92,7 +90,7 @@ class Psr:
     ) -> AsyncIterator[GenerationEvent]:
         """Generate one chunk and check it: release it, backtrack, or refuse. Ends with Finished when done."""
         config = run.config.psr
-        final = run.rounds - run.rounds_used == 1 and config.final_check
+        final = run.rounds - progress.rounds_used == 1 and config.final_check
         size = remaining if final else min(config.chunk_tokens, remaining)
         request = GenerationRequest(
             messages, replace(sampling, max_tokens=size), prefix=progress.continued_from, extra=run.extra
@@ -112,7 +110,8 @@ class Psr:
             run.ledger.observer.backtrack()
             run.ledger.mark_last_discarded("generate")
             progress.harmful_here += 1
-            if progress.harmful_here >= config.max_harmful_per_checkpoint:
+            no_round_to_check_a_regeneration = progress.rounds_used >= run.rounds
+            if progress.harmful_here >= config.max_harmful_per_checkpoint or no_round_to_check_a_regeneration:
                 yield refusal(run, progress.visible, "harmful")
                 yield Finished("content_filter", progress.visible_tokens)
             elif progress.harmful_here == 1:
@@ -125,26 +124,30 @@ class Psr:
 
     @staticmethod
     async def _unchecked_rest(
-        messages: Conversation, sampling: Sampling, remaining: int, continued_from: str, run: Run
+        messages: Conversation, sampling: Sampling, remaining: int, progress: _Progress, run: Run
     ) -> AsyncIterator[GenerationEvent]:
-        if not continued_from:
-            async for event in plain_generate(messages, replace(sampling, max_tokens=remaining), run):
-                yield event
-            return
-        request = GenerationRequest(
-            messages, replace(sampling, max_tokens=remaining), prefix=continued_from, extra=run.extra
+        """The rounds are spent and every verdict was safe: the rest streams as it is generated. Running out
+        of calls or time here fails closed like every other step of psr."""
+        sampling = replace(sampling, max_tokens=remaining)
+        request = (
+            GenerationRequest(messages, sampling, prefix=progress.continued_from, extra=run.extra)
+            if progress.continued_from
+            else answer_request(messages, sampling, run)
         )
-        finish = Finished("length", 0)
+        visible = progress.visible
+        finish = Finished("length", progress.visible_tokens)
         try:
             async for chunk in run.ledger.stream("generate", "generate", request):
                 if chunk.text:
+                    visible += chunk.text
                     yield TextPiece(chunk.text)
                 if chunk.finish_reason is not None:
-                    finish = Finished(
-                        chunk.finish_reason, chunk.usage.completion_tokens if chunk.usage else 0
-                    )
+                    generated = chunk.usage.completion_tokens if chunk.usage else 0
+                    finish = Finished(chunk.finish_reason, progress.visible_tokens + generated)
         except BudgetExhausted:
-            pass
+            for event in out_of_budget(run, visible, progress.visible_tokens):
+                yield event
+            return
         yield finish
 
     @staticmethod
@@ -160,11 +163,12 @@ class Psr:
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
         distribution, seconds = await run.ledger.next_token("psr", "verdict", request, config.top_logprobs)
+        progress.rounds_used += 1
         run.rounds_used += 1
         verdict = score_yes_no(distribution.top)
         harmful = config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
         if harmful and run.first_harmful_round is None:
-            run.first_harmful_round = run.rounds_used
+            run.first_harmful_round = progress.rounds_used
         run.ledger.observer.verdict(
             "off_format" if verdict.off_format else ("harmful" if harmful else "safe")
         )

@@ -289,7 +289,9 @@ class EmbeddedBackend:
         for token_id in best[np.argsort(-probs[best])]:
             text = llm.detokenize([int(token_id)]).decode("utf-8", errors="replace")
             top[text] = top.get(text, 0.0) + float(probs[token_id])
-        return TokenDistribution(top=top, usage=Usage(prompt_tokens=len(prompt), cached_tokens=cached))
+        # One token is produced (its distribution read), as vLLM counts a max_tokens=1 verdict call.
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=1, cached_tokens=cached)
+        return TokenDistribution(top=top, usage=usage)
 
     # --- the Backend contract ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import InvalidRequest
-from app.plan import parse_plan
+from app.plan import Plan, parse_plan, with_required
 from app.settings import PlanSettings
 
 DEFAULTS = PlanSettings()
@@ -53,3 +53,35 @@ def test_bad_headers_name_the_header(headers: dict[str, str], param: str) -> Non
         parse_plan(headers, DEFAULTS)
     assert raised.value.param == param
     assert raised.value.status_code == 400
+
+
+REQUIRE_PSR = PlanSettings(required="psr")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"x-twice-strategy": "none"}, {"x-twice-strategy": "role_play"}, {"x-twice-strategy": "psr"}],
+)
+def test_a_client_cannot_remove_a_required_strategy(headers: dict[str, str]) -> None:
+    plan = parse_plan(headers, REQUIRE_PSR)
+    assert "psr" in plan.strategies
+    assert plan.required == ("psr",)
+    asked = headers.get("x-twice-strategy", "none")
+    assert set(plan.strategies) == {"psr"} | ({asked} - {"none"})
+
+
+def test_a_client_adds_to_the_required_plan_in_canonical_order() -> None:
+    plan = parse_plan({"x-twice-strategy": "self_refine,role_play"}, REQUIRE_PSR)
+    assert plan.strategies == ("role_play", "psr", "self_refine")
+
+
+def test_an_experiment_arm_cannot_remove_a_required_strategy() -> None:
+    arm = Plan(strategies=(), rounds=0)
+    plan = with_required(arm, REQUIRE_PSR)
+    assert plan.strategies == ("psr",)
+    assert with_required(arm, DEFAULTS) is arm
+
+
+def test_a_bad_required_plan_names_its_setting() -> None:
+    with pytest.raises(InvalidRequest, match="TWICE_PLAN__REQUIRED: unknown strategy 'pssr'"):
+        parse_plan({}, PlanSettings(required="pssr"))

@@ -114,3 +114,13 @@ def test_the_operators_tail_risk_reaches_the_predictor() -> None:
     assert policy(predictor_tail_risk=0.0).decide("auto", BENIGN).granted == shipped.max_rounds
     with pytest.raises(ValueError, match="predictor_tail_risk"):
         PlanSettings.model_validate({"predictor_tail_risk": 1.0})
+
+
+@pytest.mark.parametrize("from_client", [True, False])
+def test_required_psr_has_a_floor_whoever_asks_for_fewer(from_client: bool) -> None:
+    """Even where a client may lower its rounds, and for a server or experiment number of 0."""
+    required = policy(required="psr", required_min_rounds=2, client_may_lower_rounds=True)
+    decision = required.decide(0, BENIGN, from_client=from_client)
+    assert (decision.granted, decision.source) == (2, "raised")
+    assert required.decide(3, BENIGN, from_client=from_client).granted == 3
+    assert policy(client_may_lower_rounds=True).decide(0, BENIGN, from_client=from_client).granted == 0

@@ -94,6 +94,22 @@ def test_round_policy_values_reach_the_gateways_settings(monkeypatch: pytest.Mon
     assert plan.auto_explore_share == 0.05
 
 
+def test_the_operators_required_plan_reaches_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = settings_from(gateway_environment("default"), monkeypatch).plan
+    assert parse_plan({}, defaults).required == ()
+    overrides = ("plan.required=psr", "plan.requiredMinRounds=3")
+    environment = dict(render("default", *overrides).one("ConfigMap", "gateway")["data"])
+    settings = settings_from(environment, monkeypatch).plan
+    plan = parse_plan({"x-twice-strategy": "none"}, settings)
+    assert plan.required == ("psr",)
+    assert "psr" in plan.strategies
+    assert settings.required_min_rounds == 3
+
+
+def test_a_required_strategy_the_gateway_does_not_know_is_refused_by_the_chart() -> None:
+    assert "plan/required" in render_error("default", "plan.required=reflexion")
+
+
 def test_a_tail_risk_of_one_or_more_is_refused_by_the_chart() -> None:
     assert "predictorTailRisk" in render_error("default", "plan.predictorTailRisk:=1")
 

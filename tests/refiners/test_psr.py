@@ -6,6 +6,8 @@ import re
 import time
 from typing import Any
 
+import pytest
+
 from refiners.backend import ChatMessage
 from refiners.base import Finished, GenerationEvent, Run, TextPiece, collect
 from refiners.config import BudgetConfig, PsrConfig
@@ -188,3 +190,50 @@ async def test_in_context_review_asks_after_the_answer_in_the_generation_context
     # Each review extends the same prefix the generation used, so a prefix cache serves it.
     assert second.messages[-2].content.startswith(answer.content)
     assert backend.requests[1].prefix == answer.content
+
+
+@pytest.mark.parametrize("final_check", [True, False])
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+async def test_a_harmful_verdict_on_the_last_round_refuses(rounds: int, final_check: bool) -> None:
+    """No round is left to check a regeneration, so none is released: the answer ends in a refusal."""
+    backend = ScriptedBackend(answer_words=80, verdicts=[*([0.1] * (rounds - 1)), 0.9])
+    events, run = await run_psr(
+        backend,
+        rounds=rounds,
+        max_tokens=64,
+        psr=PsrConfig(chunk_tokens=8, final_check=final_check, refusal_text="Refused."),
+    )
+    safe_words = [f"w{i}" for i in range(1, 8 * (rounds - 1) + 1)]
+    assert events[-1] == Finished("content_filter", len(safe_words))
+    assert text_of(events).split() == [*safe_words, "Refused."]
+    assert run.refused
+    assert run.rounds_used == rounds
+    # Nothing was generated after the harmful verdict.
+    assert len(backend.requests) == rounds
+
+
+async def test_a_regeneration_after_a_harmful_verdict_is_checked_before_release() -> None:
+    backend = ScriptedBackend(answer_words=80, verdicts=[0.9, 0.1])
+    events, run = await run_psr(
+        backend, rounds=2, max_tokens=32, psr=PsrConfig(chunk_tokens=8, final_check=False)
+    )
+    assert run.backtracks == 1
+    assert len(backend.verdict_requests) == 2
+    # The second verdict reviewed the regenerated chunk, which is what the client received first.
+    first_piece = next(e for e in events if isinstance(e, TextPiece))
+    assert first_piece.text.strip() in backend.verdict_requests[1].messages[-1].content
+    assert finish_of(events) == "length"
+
+
+async def test_budget_spent_while_the_unchecked_rest_streams_fails_closed() -> None:
+    backend = ScriptedBackend(answer_words=80)
+    events, run = await run_psr(
+        backend,
+        rounds=1,
+        max_tokens=64,
+        psr=PsrConfig(chunk_tokens=8, final_check=False),
+        budget=BudgetConfig(max_backend_calls=2),
+    )
+    assert events[-1] == Finished("content_filter", 8)
+    assert text_of(events).startswith("w1 w2")
+    assert run.refused

@@ -164,3 +164,16 @@ async def test_pipeline_guards_self_refine_rewrites_with_psr() -> None:
     # The rewrite was refused by psr, so the draft that passed its check is kept.
     assert answer.finish_reason != "content_filter"
     assert len(backend.verdict_requests) == 3
+
+
+async def test_each_self_refine_rewrite_gets_psr_rounds_of_its_own() -> None:
+    """With one round, the draft spends it; the rewrite is still checked (and here refused), never sent
+    unchecked."""
+    backend = ScriptedBackend(answer_words=4, texts=["w1 w2", "VERDICT: REVISE\n- x"], verdicts=[0.0, 0.99])
+    run = make_run(backend, rounds=1, psr=PsrConfig(chunk_tokens=8))
+    strategies = build_strategies(RefinerConfig())
+    answer = await collect(run_plan(["psr", "self_refine"], strategies, run))
+    assert len(backend.verdict_requests) == 2
+    assert run.rounds_used == 2
+    assert answer.text == "w1 w2"
+    assert answer.finish_reason == "stop"
