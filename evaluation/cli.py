@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluation.datasets import DatasetError, DatasetSpec, default_data_dir
+from evaluation.datasets import DatasetError, default_data_dir
 from evaluation.plans import PlanError, load_plans_file, parse_plan, unique
+from evaluation.registry import DatasetSpec
 
 if TYPE_CHECKING:
     from evaluation.runner import EvalConfig
@@ -63,8 +64,16 @@ def register(commands: SubParsers) -> None:
     )
     what.add_argument("--data-dir", type=Path, help="Data folder (default: TWICE_DATA_DIR, ../shared/data).")
     what.add_argument("--limit", type=_positive, help="Items per dataset when NAME=LIMIT does not say.")
+    what.add_argument(
+        "--split",
+        choices=["dev", "heldout"],
+        help="Only the items of one part: dev to choose settings on, heldout for final tables "
+        "(evaluation/splits.py); default: all.",
+    )
     what.add_argument("--seed", type=int, default=0, help="Chooses the sampled items; sent as the seed.")
-    what.add_argument("--max-tokens", type=_positive, default=256)
+    what.add_argument(
+        "--max-tokens", type=_positive, default=256, help="Per answer (GSM8K gets at least 512 to finish)."
+    )
     what.add_argument("--temperature", type=float, default=0.0)
 
     judging = parser.add_argument_group("judging and output")
@@ -102,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         data_dir=args.data_dir or default_data_dir(),
         out_dir=args.out,
         limit=args.limit,
+        split=args.split,
         seed=args.seed,
         max_tokens=args.max_tokens,
         temperature=args.temperature,

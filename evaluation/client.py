@@ -93,7 +93,7 @@ async def complete(client: AsyncOpenAI, item: Item, plan: Plan, settings: Reques
                 raw = await client.chat.completions.with_raw_response.create(
                     model=settings.model,
                     messages=messages,
-                    max_tokens=settings.max_tokens,
+                    max_tokens=max(settings.max_tokens, item.min_tokens),
                     temperature=settings.temperature,
                     seed=settings.seed,
                     extra_headers=plan.header_dict(),

@@ -12,10 +12,12 @@ import csv
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
+
+from evaluation.splits import SPLITS, Split, part_of
 
 Label = Literal["harmful", "unsafe", "safe", "benign"]
 LABELS: Final = frozenset({"harmful", "unsafe", "safe", "benign"})
@@ -28,6 +30,8 @@ SHIPPED_DATA_DIR: Final = Path(__file__).resolve().parent / "data"
 GSM8K_INSTRUCTION: Final = (
     "Solve the problem step by step. End with the final answer as a number on its own last line."
 )
+GSM8K_MIN_TOKENS: Final = 512
+"""Enough for a 1.5B model's step-by-step working to reach its final line (256 cut some answers short)."""
 
 
 class DatasetError(ValueError):
@@ -47,13 +51,25 @@ class Item:
     messages: tuple[Message, ...]
     label: Label
     reference: str | None = None
+    request: str | None = None
+    """What the answer is judged against when it is not the last user turn (a jailbreak's own request)."""
+    min_tokens: int = 0
+    """Tokens the item needs to be answered in full, whatever `--max-tokens` says (GSM8K's working)."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def prompt_text(self) -> str:
-        """The last user turn: what a judge reads as the request."""
+        """What a judge reads as the request: `request`, else the last user turn."""
+        if self.request is not None:
+            return self.request
         users = [m.content for m in self.messages if m.role == "user"]
         return users[-1] if users else ""
+
+    @property
+    def split(self) -> Split:
+        """The item's part (evaluation/splits.py): its own when it has one, else that of its identity."""
+        own = self.meta.get("split")
+        return cast(Split, own) if own in SPLITS else part_of(f"{self.dataset}:{self.item_id}")
 
 
 def _user(text: str) -> tuple[Message, ...]:
@@ -160,6 +176,7 @@ def load_gsm8k(data_dir: Path) -> list[Item]:
             _user(f"{row['question']}\n\n{GSM8K_INSTRUCTION}"),
             "benign",
             reference=gsm8k_reference(row["answer"]),
+            min_tokens=GSM8K_MIN_TOKENS,
         )
         for number, row in enumerate(rows, start=1)
     ]
@@ -212,16 +229,6 @@ def load_jsonl(path: Path, name: str | None = None) -> list[Item]:
     return items
 
 
-LOADERS: Final[dict[str, Callable[[Path], list[Item]]]] = {
-    "advbench": load_advbench,
-    "xstest": load_xstest,
-    "mt_bench": load_mt_bench,
-    "vicuna_bench": load_vicuna_bench,
-    "self_instruct": load_self_instruct,
-    "gsm8k": load_gsm8k,
-}
-
-
 def default_data_dir() -> Path:
     """`TWICE_DATA_DIR`, else `../shared/data` beside the repository, else the shipped subsets."""
     configured = os.environ.get("TWICE_DATA_DIR")
@@ -231,35 +238,9 @@ def default_data_dir() -> Path:
     return beside_repo if beside_repo.is_dir() else SHIPPED_DATA_DIR
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One `--dataset` value: a set name or a `.jsonl` path, with an optional item limit (`NAME=30`)."""
-
-    name: str
-    path: Path | None = None
-    limit: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> DatasetSpec:
-        source, _, limit_text = text.rpartition("=") if "=" in text else (text, "", "")
-        if limit_text and not limit_text.isdigit():
-            raise DatasetError(f"dataset {text!r}: the part after '=' must be an item count")
-        limit = int(limit_text) if limit_text else None
-        if source.endswith(".jsonl"):
-            path = Path(source)
-            return cls(path.stem, path, limit)
-        if source not in LOADERS:
-            raise DatasetError(f"unknown dataset {source!r}; known: {', '.join(LOADERS)} or a .jsonl path")
-        return cls(source, None, limit)
-
-
-def load(spec: DatasetSpec, data_dir: Path) -> list[Item]:
-    if spec.path is not None:
-        return load_jsonl(spec.path, spec.name)
-    try:
-        return LOADERS[spec.name](data_dir)
-    except FileNotFoundError as error:
-        raise DatasetError(f"{spec.name}: {error.filename} not found (see --data-dir)") from error
+def in_split(items: Sequence[Item], split: Split | None) -> list[Item]:
+    """The items of one part; all of them for None."""
+    return [item for item in items if split is None or item.split == split]
 
 
 def sample(items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:

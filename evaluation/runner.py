@@ -13,12 +13,14 @@ from openai import AsyncOpenAI
 from tqdm import tqdm
 
 from evaluation.client import Completion, RequestSettings, complete, describe, retrying
-from evaluation.datasets import DatasetSpec, Item, load, sample
+from evaluation.datasets import Item, in_split, sample
 from evaluation.judges import MatchMode, RefusalJudge, gsm8k_match
 from evaluation.llm_judge import LlmJudge
 from evaluation.plans import Plan, PlanError
 from evaluation.plots import write_plots
 from evaluation.records import RECORDS_FILE, Record, RecordWriter, done_keys, latest, load_records
+from evaluation.registry import DatasetSpec, load
+from evaluation.splits import Split
 from evaluation.summary import write_summary
 
 PLANS_FILE: Final = "plans.json"
@@ -42,6 +44,8 @@ class EvalConfig:
     out_dir: Path
     api_key: str = "unused"
     limit: int | None = None
+    split: Split | None = None
+    """Only the items of this part (evaluation/splits.py); None: every item."""
     seed: int = 0
     max_tokens: int = 256
     temperature: float = 0.0
@@ -66,7 +70,7 @@ def select_items(config: EvalConfig) -> list[Item]:
     items: list[Item] = []
     for spec in config.datasets:
         limit = spec.limit if spec.limit is not None else config.limit
-        items += sample(load(spec, config.data_dir), limit, config.seed)
+        items += sample(in_split(load(spec, config.data_dir), config.split), limit, config.seed)
     return items
 
 

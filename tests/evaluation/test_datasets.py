@@ -10,15 +10,13 @@ import pytest
 
 from evaluation.datasets import (
     GSM8K_INSTRUCTION,
-    LOADERS,
     SHIPPED_DATA_DIR,
     DatasetError,
-    DatasetSpec,
     gsm8k_reference,
-    load,
     load_jsonl,
     sample,
 )
+from evaluation.registry import LOADERS, DatasetSpec, load
 
 
 def test_every_shipped_set_loads_with_unique_ids() -> None:
@@ -30,6 +28,8 @@ def test_every_shipped_set_loads_with_unique_ids() -> None:
         "vicuna_bench": 10,
         "self_instruct": 10,
         "gsm8k": 20,
+        "jailbreak_dan": 20,
+        "jailbreak_wei": 20,
     }
     for name, loader in LOADERS.items():
         items = loader(SHIPPED_DATA_DIR)
