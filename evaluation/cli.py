@@ -88,6 +88,11 @@ def register(commands: SubParsers) -> None:
     judging.add_argument("--judge-model", help="Model name at the judge endpoint.")
     judging.add_argument("--judge-api-key", default=os.environ.get("TWICE_JUDGE_API_KEY", "unused"))
     judging.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    judging.add_argument(
+        "--no-texts",
+        action="store_true",
+        help="Records without prompt and answer texts (ids, verdicts, rounds and usage only).",
+    )
     parser.set_defaults(handler=run_command)
 
 
@@ -121,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         refusal_mode=args.refusal_match,
         judge=judge,
         progress=not args.no_progress,
+        keep_texts=not args.no_texts,
     )
 
 

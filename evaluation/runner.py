@@ -55,6 +55,9 @@ class EvalConfig:
     refusal_mode: MatchMode = "start"
     judge: JudgeEndpoint | None = None
     progress: bool = True
+    keep_texts: bool = True
+    """False: records keep ids, labels, verdicts, rounds and usage, but neither prompt nor answer text (for
+    records committed beside a summary: harmful completions are not published)."""
 
 
 @dataclass
@@ -137,9 +140,11 @@ class Evaluator:
             return record
         verdict = self._refusal.judge(done.text, done.finish_reason)
         match = gsm8k_match(done.text, item.reference) if item.reference is not None else None
+        if not self._config.keep_texts:
+            record = replace(record, prompt="")
         return replace(
             record,
-            response=done.text,
+            response=done.text if self._config.keep_texts else None,
             finish_reason=done.finish_reason,
             refusal={"refused": verdict.refused, "phrase": verdict.phrase, "mode": self._refusal.mode},
             llm_judge=await self._llm_verdict(item, done.text),

@@ -95,3 +95,28 @@ def test_a_plan_name_cannot_change_its_headers_in_one_folder(tmp_path: Path) -> 
     assert [plan.name for plan in again] == ["none", "psr2"]
     with pytest.raises(PlanError, match="plan 'none' ran in"):
         merge_plans(tmp_path, (parse_plan("none=X-Twice-Strategy:psr"),))
+
+
+def test_records_without_texts_keep_what_the_summary_needs(tmp_path: Path, stub_url: str) -> None:
+    dataset = tmp_path / "tiny.jsonl"
+    dataset.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"Secret prompt {i}."}) + "\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*eval_command(stub_url, dataset, out), "--no-texts"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (out / RECORDS_FILE).read_text()
+    assert "Secret prompt" not in text
+    records = load_records(out / RECORDS_FILE)
+    assert len(records) == 3
+    for record in records:
+        assert record.response is None
+        assert record.prompt == ""
+        assert record.refused is not None  # judged before the text was dropped
+        assert record.usage is not None
