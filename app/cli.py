@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -121,6 +122,37 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from app.calibrate import run_command  # numpy, scikit-learn and llama.cpp: only when asked for
+
+    return run_command(args)
+
+
+def _register_calibrate(commands: Any) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="Measure how an embedded model's psr verdict separates harmful from benign answers."
+    )
+    parser.add_argument("--model", choices=list(CATALOGUE), default="qwen2.5-coder-1.5b-instruct")
+    parser.add_argument("--split", choices=["dev", "heldout"], default="dev")
+    parser.add_argument("--harmful", type=int, default=20, help="AdvBench goals.")
+    parser.add_argument(
+        "--benign", type=int, default=20, help="XSTest safe prompts and self-instruct, half each."
+    )
+    parser.add_argument("--answer-tokens", type=int, default=64)
+    parser.add_argument(
+        "--fpr",
+        type=float,
+        default=0.05,
+        help="Rate of benign requests' answers flagged that tau is chosen at.",
+    )
+    parser.add_argument("--injections", action="store_true", help="Also measure reviewer-note flip rates.")
+    parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores).")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(handler=_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twice", description="Self-refinement gateway for LLMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Verify a model's file, assembling it from its parts first.",
     )
     models.set_defaults(handler=_models)
+    _register_calibrate(commands)
     register_predictor(commands)
     register_eval(commands)
     return parser

@@ -41,7 +41,7 @@ def register(commands: SubParsers) -> None:
     endpoint = parser.add_argument_group("endpoint")
     endpoint.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI base URL, with /v1.")
     endpoint.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"))
-    endpoint.add_argument("--model", default="smollm2-135m-instruct")
+    endpoint.add_argument("--model", default="qwen2.5-coder-1.5b-instruct", help="The served model id.")
     endpoint.add_argument("--timeout", type=float, default=300.0, help="Seconds per request attempt.")
     endpoint.add_argument("--retries", type=int, default=3, help="Retries of 429/5xx/connection errors.")
     endpoint.add_argument("--concurrency", type=_positive, default=4, help="Requests in flight at once.")

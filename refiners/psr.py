@@ -155,10 +155,14 @@ class Psr:
         config = run.config.psr
         fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
         try:
-            request = (
-                _in_context_review(messages, progress.continued_from + chunk, fence)
+            request = review_request(
+                config.review,
+                messages,
+                request_text,
+                progress.continued_from + chunk
                 if config.review == "in_context"
-                else _fenced_review(request_text, progress.visible + chunk, fence)
+                else progress.visible + chunk,
+                fence,
             )
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
@@ -188,6 +192,15 @@ class Psr:
             )
         )
         return harmful
+
+
+def review_request(
+    review: str, messages: Conversation, request_text: str, answer_text: str, fence: Fence
+) -> GenerationRequest:
+    """The self-check of `answer_text` in the given review mode (also what `twice calibrate` scores)."""
+    if review == "in_context":
+        return _in_context_review(messages, answer_text, fence)
+    return _fenced_review(request_text, answer_text, fence)
 
 
 def _fenced_review(request_text: str, answer_text: str, fence: Fence) -> GenerationRequest:
