@@ -6,6 +6,7 @@
     ├── PermissionDenied            403 invalid_request_error
     ├── NotFound                    404 invalid_request_error  (unknown model: code model_not_found)
     ├── PayloadTooLarge             413 invalid_request_error
+    ├── HeadersTooLarge             431 invalid_request_error  (too many or too large request headers)
     ├── RateLimited                 429 rate_limit_exceeded    (with Retry-After)
     ├── UpstreamError               502 upstream_error         (the backend answered garbage or an error)
     ├── UpstreamUnavailable         503 service_unavailable    (backend unreachable)
@@ -89,6 +90,12 @@ class PayloadTooLarge(TwiceError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "payload_too_large"
+
+
+class HeadersTooLarge(TwiceError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
 
 
 class RateLimited(TwiceError):

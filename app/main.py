@@ -14,6 +14,7 @@ from app.api import admin, chat, feedback, health, models, playground
 from app.api.deps import require_api_key
 from app.backends import GatewayBackend, build_backend
 from app.errors import install_error_handlers
+from app.header_limits import HeaderLimits
 from app.services import Services
 from app.settings import Settings
 from refiners.backend import BackendUnavailable
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
 
     app = FastAPI(title="twice", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(HeaderLimits, limits=settings.limits)
     app.include_router(chat.router)
     app.include_router(models.router, dependencies=[Depends(require_api_key)])
     app.include_router(feedback.router)

@@ -172,6 +172,13 @@ class VllmSettings(BaseModel):
 
 class LimitSettings(BaseModel):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 above).")
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="Largest total of a request's header names and values (431 above)."
+    )
+    max_header_field_bytes: int = Field(
+        8_192, ge=256, description="Largest single header, name and value (431 above)."
+    )
+    max_headers: int = Field(100, ge=8, description="Most headers in one request (431 above).")
     max_messages: int = Field(256, ge=1, description="Most messages in one request.")
     max_tokens: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request gives none.")

@@ -78,6 +78,26 @@ def test_oversized_body_without_content_length_is_413(gateway: str) -> None:
     assert_error(response, 413)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-huge": "v" * 100_000},  # one header past its limit (8 KiB)
+        {f"x-part-{i}": "v" * 4_000 for i in range(10)},  # each within, 40 KB in all (32 KiB)
+        {f"x-many-{i}": "1" for i in range(150)},  # more headers than 100
+    ],
+    ids=["one-large", "large-total", "too-many"],
+)
+def test_oversized_headers_are_431_on_every_route(gateway: str, headers: dict[str, str]) -> None:
+    error = assert_error(post(gateway, GOOD, headers=headers), 431)
+    assert error["code"] == "request_header_fields_too_large"
+    assert_error(httpx.get(f"{gateway}/health", headers=headers), 431)
+
+
+def test_headers_within_the_limits_are_served(gateway: str) -> None:
+    headers = {f"x-part-{i}": "v" * 3_000 for i in range(8)}  # 24 KB, 8 headers: under every limit
+    assert post(gateway, GOOD, headers=headers).status_code == 200
+
+
 def test_prompt_longer_than_context_is_400(gateway: str) -> None:
     long = {**GOOD, "messages": [{"role": "user", "content": "word " * 5000}]}
     error = assert_error(post(gateway, long), 400)
