@@ -1,4 +1,5 @@
-"""`twice` command line: `twice serve [--host] [--port] [--backend] [--upstream] [--workers] [--model]`,
+"""`twice` command line: `twice serve [--host] [--port] [--backend] [--upstream | --upstreams] [--workers]
+[--model]`,
 `twice models`, `twice eval`, `twice predictor`.
 
 Flags override the `TWICE_*` environment, which overrides the defaults.
@@ -18,8 +19,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.catalogue import CATALOGUE, DEFAULT_MODEL
-from app.settings import Settings
+from app.settings import Settings, settings_problem
 from evaluation.cli import register as register_eval
 from predictor.cli import register as register_predictor
 from refiners.backend import BackendUnavailable
@@ -50,11 +53,16 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["server"] = server
     if args.backend:
         overrides["backend"] = args.backend
-    if args.upstream:
-        overrides["vllm"] = {"upstream": args.upstream}
+    vllm = {k: v for k, v in {"upstream": args.upstream, "upstreams": args.upstreams}.items() if v}
+    if vllm:
+        overrides["vllm"] = vllm
     if args.model:
         overrides["embedded"] = {"model": args.model}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"twice serve: {settings_problem(exc)}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -67,6 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Each worker process builds its own app from the environment, so hand the flags on through it.
         os.environ["TWICE_BACKEND"] = settings.backend
         os.environ["TWICE_VLLM__UPSTREAM"] = settings.vllm.upstream
+        if settings.vllm.upstreams:
+            os.environ["TWICE_VLLM__UPSTREAMS"] = ",".join(settings.vllm.upstreams)
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -164,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backend", choices=["embedded", "vllm"], help="Model backend (TWICE_BACKEND).")
     serve.add_argument("--upstream", help="vLLM server base URL (TWICE_VLLM__UPSTREAM).")
+    serve.add_argument(
+        "--upstreams",
+        help="Several vLLM base URLs, comma-separated (TWICE_VLLM__UPSTREAMS; docs/scaleout.md).",
+    )
     serve.add_argument(
         "--model",
         choices=list(CATALOGUE),

@@ -8,14 +8,54 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueModel, default_cache_dir
 from refiners.config import BudgetConfig, PsrConfig, RolePlayConfig, SelfQuestionConfig, SelfRefineConfig
 
 BackendKind = Literal["embedded", "vllm"]
+HTTP_SCHEMES = ("http", "https")
+
+
+def checked_url(text: str, setting: str, schemes: tuple[str, ...], *, several: str | None = None) -> str:
+    """`text` when it is one absolute URL of one of `schemes`; otherwise a message naming `setting` (and, for
+    a list given where one URL goes, `several`: the setting that takes a list). Never echoes the value, which
+    may carry a password."""
+    if "," in text or any(char.isspace() for char in text):
+        hint = f"; set {several} for several" if several else ""
+        raise ValueError(f"{setting} takes one URL, not a list or text with spaces{hint}")
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"{setting} is not a URL ({exc})") from None
+    if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+        allowed = ", ".join(schemes)
+        raise ValueError(f"{setting} must be a URL like {schemes[0]}://host:port (scheme {allowed})")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{setting} must be a base URL, without a query or a fragment")
+    return text
+
+
+def settings_problem(error: ValidationError) -> str:
+    """What is wrong with the settings, one line per problem, for a person reading a start-up failure."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(lines)
 
 
 class ServerSettings(BaseModel):
@@ -163,6 +203,22 @@ class VllmSettings(BaseModel):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
 
+    @field_validator("upstream")
+    @classmethod
+    def _one_url(cls, value: str) -> str:
+        return checked_url(
+            value.strip(),
+            "TWICE_VLLM__UPSTREAM (--upstream)",
+            HTTP_SCHEMES,
+            several="TWICE_VLLM__UPSTREAMS (--upstreams)",
+        )
+
+    @field_validator("upstreams")
+    @classmethod
+    def _each_url(cls, value: list[str]) -> list[str]:
+        setting = "each of TWICE_VLLM__UPSTREAMS (--upstreams)"
+        return [checked_url(url, setting, HTTP_SCHEMES) for url in value]
+
     @model_validator(mode="after")
     def _one_discovery(self) -> VllmSettings:
         if self.upstreams and self.upstreams_dns:
@@ -196,6 +252,8 @@ class LimitSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # the URL may hold a password
+
     enabled: bool = Field(True, description="Use Redis (experiments, cache, limits, results); false: none.")
     url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL, `redis://[:password@]host:port/db`."
@@ -207,6 +265,12 @@ class RedisSettings(BaseModel):
         5.0, gt=0, le=60, description="Longest wait between reconnection attempts while Redis is down."
     )
     key_prefix: str = Field("twice:", description="Prefix of every key the gateway writes.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        checked_url(value.get_secret_value().strip(), "TWICE_REDIS__URL", ("redis", "rediss", "unix"))
+        return value
 
 
 class AuthSettings(BaseModel):
