@@ -12,3 +12,9 @@ playground-prereqs: install
 	@$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install --quiet playwright
 
 TEST_PREREQS += playground-prereqs
+
+# Tests write their screenshot to a temporary folder; this refreshes the one the README and docs show.
+.PHONY: playground-screenshot
+playground-screenshot: playground-prereqs
+	TWICE_PLAYGROUND_SCREENSHOT=$(CURDIR)/docs/img/playground.png $(BIN)/pytest -q \
+	  tests/playground/test_playground.py::test_three_plans_stream_side_by_side_with_trace_and_cost
