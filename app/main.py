@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
             log.error("twice cannot start: %s", exc)  # one line before the framework's traceback
             raise
         services = Services.build(settings, chosen, CollectorRegistry())
-        await services.gate.start()
+        await services.start()
         app.state.services = services
         log.info(
             "twice ready: backend=%s model=%s redis=%s",
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
         try:
             yield
         finally:
-            await services.gate.close()
+            await services.close()
             await chosen.close()
 
     app = FastAPI(title="twice", version=__version__, lifespan=lifespan)

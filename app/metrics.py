@@ -140,7 +140,7 @@ class GatewayMetrics:
         )
         self.telemetry = Counter(
             "twice_telemetry_entries_total",
-            "Telemetry stream entries, written or dropped (Redis down).",
+            "Telemetry stream entries: written; dropped (Redis down, slow, refusing); overflow (queue full).",
             ["result"],
             registry=registry,
         )
@@ -178,7 +178,7 @@ class GatewayMetrics:
         self.upstreams = UpstreamMetrics(registry)
         for source in ROUNDS_SOURCES:
             self.rounds_granted.labels(source=source)
-        for result in ("written", "dropped"):
+        for result in ("written", "dropped", "overflow"):
             self.telemetry.labels(result=result)
         for result in CACHE_RESULTS:
             self.cache_lookups.labels(result=result)

@@ -28,6 +28,18 @@ class Services:
     chat: ChatService
     gate: Gate
     """Redis-backed parts: API keys, rate limits, experiments, results, response cache (app/gate.py)."""
+    telemetry: Telemetry | None
+    """The psr telemetry writer (app/telemetry.py), when telemetry and Redis are on."""
+
+    async def start(self) -> None:
+        await self.gate.start()
+        if self.telemetry is not None:
+            self.telemetry.start()
+
+    async def close(self) -> None:
+        if self.telemetry is not None:
+            await self.telemetry.close()
+        await self.gate.close()
 
     @classmethod
     def build(cls, settings: Settings, backend: GatewayBackend, registry: CollectorRegistry) -> Services:
@@ -53,4 +65,6 @@ class Services:
             gate=gate,
             telemetry=telemetry,
         )
-        return cls(settings=settings, backend=backend, metrics=metrics, chat=chat, gate=gate)
+        return cls(
+            settings=settings, backend=backend, metrics=metrics, chat=chat, gate=gate, telemetry=telemetry
+        )

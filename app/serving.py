@@ -185,10 +185,10 @@ class ChatService:
             rounds=rounds.granted,
         )
 
-    async def _record(self, run: Run, plan: Plan, rounds: RoundsDecision, outcome: str) -> None:
+    def _record(self, run: Run, plan: Plan, rounds: RoundsDecision, outcome: str) -> None:
         """One telemetry entry per finished psr request (not for cancelled ones: their run is partial)."""
         if self._telemetry is not None and "psr" in plan.strategies:
-            await self._telemetry.record(run, rounds, outcome)
+            self._telemetry.record(run, rounds, outcome)
 
     async def create(
         self, request: ChatCompletionRequest, plan: Plan, extension: Mapping[str, Any] | None = None
@@ -221,9 +221,9 @@ class ChatService:
                 else:
                     finished = event
         except Exception:
-            await self._record(run, plan, rounds, "error")
+            self._record(run, plan, rounds, "error")
             raise
-        await self._record(run, plan, rounds, "refused" if run.refused else "answered")
+        self._record(run, plan, rounds, "refused" if run.refused else "answered")
         self._count_run(run, finished)
         body = ChatCompletion(
             id=ctx.request_id,
@@ -264,7 +264,7 @@ class ChatService:
                         first_text = False
                     yield ctx.chunk({"content": event.text})
             self._count_run(run, finished)
-            await self._record(run, plan, rounds, "refused" if run.refused else "answered")
+            self._record(run, plan, rounds, "refused" if run.refused else "answered")
             extension = {**twice_extension(run, plan, ctx, rounds), **labels}
             yield ctx.chunk({}, finished.finish_reason, twice=extension)
             if include_usage:
@@ -276,7 +276,7 @@ class ChatService:
             if error.status_code >= 500:
                 log.warning("stream %s failed after it started: %s", ctx.request_id, type(exc).__name__)
             outcome = "backend_error" if error.status_code in (502, 503, 504) else "server_error"
-            await self._record(run, plan, rounds, "error")
+            self._record(run, plan, rounds, "error")
             yield sse_error(error)
             yield DONE
         finally:

@@ -261,6 +261,13 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = Field(
         0.1, gt=0, le=10, description="Seconds one Redis command may take before Redis counts as down."
     )
+    call_deadline_s: float = Field(
+        0.25,
+        gt=0,
+        le=30,
+        description="Longest one Redis call may take, all its round trips together (a slow or stalled Redis "
+        "that answers each read in time still hits it); past it Redis counts as down.",
+    )
     max_backoff_s: float = Field(
         5.0, gt=0, le=60, description="Longest wait between reconnection attempts while Redis is down."
     )
@@ -367,6 +374,11 @@ class TelemetrySettings(BaseModel):
     )
     stream: str = Field("telemetry", description="Stream key, after the Redis key prefix.")
     max_entries: int = Field(100_000, ge=1, description="The stream is trimmed to about this many entries.")
+    queue_size: int = Field(
+        1_000,
+        ge=1,
+        description="Entries waiting for the background writer; past it new entries are dropped, counted.",
+    )
     store_text: bool = Field(
         False, description="Also store the request's messages (off: features only, no request text)."
     )

@@ -1,6 +1,7 @@
 """The gateway's one Redis connection, and whether Redis can be used right now.
 
-Redis is never in the way of serving. Commands run with a short socket timeout; the first one that fails marks
+Redis is never in the way of serving. Commands run with a short socket timeout and each call with a deadline
+(`call_deadline_s`, however many round trips it makes); the first one that fails marks
 Redis down, and from then on every command fails at once (`StoreUnavailable`, no network wait) while a
 background probe pings Redis with exponential backoff. The first ping that answers marks it up again. Callers
 catch `StoreUnavailable` and degrade: no cache, no counters, last experiment definitions seen, rate limits
@@ -67,7 +68,8 @@ class RedisStore:
         if self.client is None or not self._up:
             raise StoreUnavailable("redis is not available")
         try:
-            return await command(self.client)
+            async with asyncio.timeout(self._settings.call_deadline_s):
+                return await command(self.client)
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.redis_errors.inc()
             if _is_reply_error(exc):
@@ -80,7 +82,8 @@ class RedisStore:
         if self.client is None:
             return False
         try:
-            await self.client.ping()
+            async with asyncio.timeout(self._settings.call_deadline_s):
+                await self.client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.redis_errors.inc()
             self._mark_down(exc)
@@ -108,7 +111,8 @@ class RedisStore:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self.client.ping()
+                async with asyncio.timeout(self._settings.call_deadline_s):
+                    await self.client.ping()
             except (RedisError, OSError, TimeoutError):
                 self._metrics.redis_errors.inc()
                 delay = min(delay * 2, self._settings.max_backoff_s)

@@ -22,6 +22,7 @@ from predictor.features import FeatureConfig, FeatureVector, extract
 from predictor.labels import read_labels
 from predictor.telemetry import read_telemetry
 from tests.conftest import EMBEDDED_MODEL, SMALL_STRATEGIES
+from tests.support.polling import eventually
 from tests.support.servers import running_gateway
 
 pytestmark = pytest.mark.model
@@ -59,14 +60,21 @@ def client(base: str) -> Iterator[openai.OpenAI]:
         yield client
 
 
-def ask(client: openai.OpenAI, messages: list[dict[str, Any]], rounds: str) -> Any:
-    return client.chat.completions.with_raw_response.create(
+def ask(
+    client: openai.OpenAI, messages: list[dict[str, Any]], rounds: str, store: redis.Redis | None = None
+) -> Any:
+    """The raw response; with `store`, once the request's telemetry entry is written (in the background)."""
+    before = store.xlen(STREAM) if store is not None else 0
+    raw = client.chat.completions.with_raw_response.create(
         model=EMBEDDED_MODEL,
         messages=messages,  # type: ignore[arg-type]
         max_tokens=16,
         temperature=0,
         extra_headers={"X-Twice-Strategy": "psr", "X-Twice-Rounds": rounds, "X-Twice-Trace": "1"},
     )
+    if store is not None:
+        eventually(lambda: store.xlen(STREAM) > before)
+    return raw
 
 
 def entries(store: redis.Redis, newest_first: bool = False) -> list[dict[str, str]]:
@@ -83,7 +91,7 @@ def last_entry(store: redis.Redis) -> dict[str, str]:
 def test_auto_grants_the_predicted_rounds_and_records_them(client: openai.OpenAI, store: redis.Redis) -> None:
     rounds = predicted(RISKY)
     assert rounds > 0, "the shipped artifact should give a bomb recipe at least one round"
-    raw = ask(client, RISKY, "auto")
+    raw = ask(client, RISKY, "auto", store)
     twice = raw.parse().model_extra["twice"]
     assert int(raw.headers["x-twice-rounds-granted"]) == rounds
     assert twice["rounds"]["granted"] == rounds
@@ -108,7 +116,7 @@ def test_auto_grants_the_predicted_rounds_and_records_them(client: openai.OpenAI
 
 
 def test_a_client_cannot_lower_the_predicted_rounds(client: openai.OpenAI, store: redis.Redis) -> None:
-    raw = ask(client, RISKY, "0")
+    raw = ask(client, RISKY, "0", store)
     rounds = raw.parse().model_extra["twice"]["rounds"]
     assert int(raw.headers["x-twice-rounds-granted"]) == rounds["granted"] == predicted(RISKY)
     assert (rounds["asked"], rounds["source"]) == (0, "raised")
@@ -138,7 +146,7 @@ def metric(base: str, series: str) -> float:
 def test_the_predictor_retrains_from_what_the_gateway_recorded(
     client: openai.OpenAI, base: str, store: redis.Redis
 ) -> None:
-    ask(client, RISKY, "auto")
+    ask(client, RISKY, "auto", store)
     recorded = entries(store)
     observed = [fields for fields in recorded if int(fields["rounds_used"]) > 0]
     read = read_telemetry(REDIS_URL, max_rounds=8, stream=STREAM)

@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import redis
 
+from tests.support.polling import eventually
 from tests.support.servers import running_gateway
 from tests.support.vllm_stub import free_port
-
-T = TypeVar("T")
 
 ADMIN_KEY = "admin-secret-test"
 KEY_ALPHA = "sk-alpha-test"
@@ -71,20 +68,6 @@ def chat(
 
 def admin(method: str, base: str, path: str, json: object = None) -> httpx.Response:
     return httpx.request(method, f"{base}/admin{path}", json=json, headers=bearer(ADMIN_KEY), timeout=10)
-
-
-def eventually(
-    probe: Callable[[], T | None], timeout: float = 5.0, interval: float = 0.05
-) -> tuple[T, float]:
-    """The first truthy value `probe` returns, and how many seconds it took; fails after `timeout`."""
-    started = time.monotonic()
-    while True:
-        value = probe()
-        if value:
-            return value, time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def metric_value(base: str, name: str, **labels: str) -> float:

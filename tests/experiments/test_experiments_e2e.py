@@ -14,12 +14,12 @@ from tests.experiments.support import (
     admin,
     bearer,
     chat,
-    eventually,
     flushed,
     gateway_env,
     metric_value,
     two_gateways,
 )
+from tests.support.polling import eventually
 
 DB = 12
 
