@@ -6,6 +6,11 @@ body as sorted-key JSON without `stream`, `stream_options` and `user` (they chan
 answer), plus the resolved plan, the model and the caller's tenant (tenants never see each other's entries).
 Only plain text answers that ended normally are stored. A hit is replayed as JSON or, when the request
 streams, as a well-formed SSE stream: a role chunk, content chunks, the final chunk, usage when asked, [DONE].
+
+The cache is bounded in total: at most `max_entries` entries (each at most `max_entry_bytes`), the least
+recently used evicted first. An index (a sorted set of entry keys by last use) is kept beside the entries and
+both change in one Lua script, so replicas sharing a Redis keep one bound. The evicted entries' keys are not
+declared to the script: Redis Cluster would need the entries and the index in one hash slot.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 from app.capture import Captured
 from app.plan import Plan
@@ -26,6 +32,33 @@ from app.streaming import DONE, sse_event
 
 _IGNORED_FIELDS = ("stream", "stream_options", "user")
 _REPLAY_CHUNK_CHARS = 64
+
+# KEYS: entry, index. ARGV: the entry, its TTL (s), the most entries. Returns how many were evicted.
+_PUT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+-- An entry last used more than a TTL ago has expired: forget it before counting.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[2]) * 1000)
+redis.call('ZADD', KEYS[2], now_ms, KEYS[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #oldest, 2 do redis.call('DEL', oldest[i]) end
+  return over
+end
+return 0
+"""
+
+# KEYS: entry, index. Returns the entry or nil, marking it used.
+_GET = """
+local entry = redis.call('GET', KEYS[1])
+if entry then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], 'XX', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), KEYS[1])
+end
+return entry
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +114,25 @@ def cache_key(payload: dict[str, Any], plan: Plan, tenant: str) -> str:
 
 
 class ResponseCache:
-    def __init__(self, store: RedisStore, settings: CacheSettings) -> None:
+    def __init__(self, store: RedisStore, settings: CacheSettings, evictions: Counter) -> None:
         self._store = store
         self._settings = settings
+        self._evictions = evictions
+        self.index = store.key("cache-index")
+        client = store.client
+        self._get = client.register_script(_GET) if client is not None else None
+        self._put = client.register_script(_PUT) if client is not None else None
 
     def _key(self, digest: str) -> str:
         return self._store.key("cache", digest)
 
     async def get(self, digest: str) -> CachedAnswer | None:
         """The cached answer, or None; `StoreUnavailable` while Redis is down."""
-        raw = await self._store.run(lambda r: r.get(self._key(digest)))
+        script = self._get
+        if script is None:
+            raise StoreUnavailable("redis is disabled")
+        keys = [self._key(digest), self.index]
+        raw = await self._store.run(lambda _: script(keys=keys))
         return CachedAnswer.from_json(raw) if raw is not None else None
 
     async def put(self, digest: str, captured: Captured, strategies: str) -> bool:
@@ -99,10 +141,17 @@ class ResponseCache:
         entry = CachedAnswer(captured.content, captured.finish_reason, captured.usage, strategies).to_json()
         if len(entry) > self._settings.max_entry_bytes:
             return False
+        script = self._put
+        if script is None:
+            return False
+        keys = [self._key(digest), self.index]
+        args: list[bytes | int] = [entry, self._settings.ttl_s, self._settings.max_entries]
         try:
-            await self._store.run(lambda r: r.set(self._key(digest), entry, ex=self._settings.ttl_s))
+            evicted = await self._store.run(lambda _: script(keys=keys, args=args))
         except StoreUnavailable:
             return False
+        if evicted:
+            self._evictions.inc(int(evicted))
         return True
 
 

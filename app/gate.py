@@ -76,7 +76,7 @@ class Gate:
         self.experiments = ExperimentStore(self.store, settings.experiments, settings.plan)
         self.results = Results(self.store, settings.experiments.attribution_ttl_s)
         self.limiter = RateLimiter(self.store, settings.limits)
-        self.cache = ResponseCache(self.store, settings.cache)
+        self.cache = ResponseCache(self.store, settings.cache, metrics.cache_evictions)
         self._warned: set[str] = set()
 
     async def start(self) -> None:

@@ -1,7 +1,10 @@
 """Prometheus metrics, built in one object over an injected registry (a fresh one per app and per test).
 
 Names: `twice_<noun>_<unit>`; counters end `_total`, durations `_seconds`. Label values come only from closed
-sets (endpoints, outcomes, purposes, token kinds), never from request text.
+sets (endpoints, outcomes, purposes, token kinds, the operator's experiment variants);
+never from request text.
+The A/B metrics (requests, latency, time to first token, rounds, verdicts, backtracks, refusals) carry the
+request's `variant`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ NO_VARIANT = "none"
 current_variant: ContextVar[str] = ContextVar("twice_variant", default=NO_VARIANT)
 """The experiment variant serving the current request (a configured variant name, or `none`). A context
 variable because a relayed stream counts its outcome when it ends, outside the service's frame."""
+
+
+def variant() -> str:
+    """The current request's experiment variant, for the `variant` label."""
+    return current_variant.get()
 
 
 class RequestCounter:
@@ -105,13 +113,14 @@ class GatewayMetrics:
         self.request_latency = Histogram(
             "twice_request_duration_seconds",
             "Time from request to the last byte of the response.",
-            ["stream"],
+            ["stream", "variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.time_to_first_token = Histogram(
             "twice_time_to_first_token_seconds",
             "Time from request to the first content chunk of a streamed response.",
+            ["variant"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -129,12 +138,15 @@ class GatewayMetrics:
             registry=registry,
         )
         self.rounds = Counter(
-            "twice_rounds_total", "psr reflection rounds, granted and used.", ["kind"], registry=registry
+            "twice_rounds_total",
+            "psr reflection rounds, granted and used.",
+            ["kind", "variant"],
+            registry=registry,
         )
         self.rounds_granted = Histogram(
             "twice_rounds_granted",
             "psr rounds granted per request, by how they were chosen (app/rounds.py).",
-            ["source"],
+            ["source", "variant"],
             buckets=ROUNDS_BUCKETS,
             registry=registry,
         )
@@ -145,13 +157,22 @@ class GatewayMetrics:
             registry=registry,
         )
         self.verdicts = Counter(
-            "twice_verdicts_total", "psr self-check verdicts by result.", ["result"], registry=registry
+            "twice_verdicts_total",
+            "psr self-check verdicts by result.",
+            ["result", "variant"],
+            registry=registry,
         )
         self.backtracks = Counter(
-            "twice_backtracks_total", "psr chunks discarded after a harmful verdict.", registry=registry
+            "twice_backtracks_total",
+            "psr chunks discarded after a harmful verdict.",
+            ["variant"],
+            registry=registry,
         )
         self.refusals = Counter(
-            "twice_refusals_total", "Answers psr refused, by reason.", ["reason"], registry=registry
+            "twice_refusals_total",
+            "Answers psr refused, by reason.",
+            ["reason", "variant"],
+            registry=registry,
         )
         self.backend_calls = Counter(
             "twice_backend_calls_total",
@@ -169,6 +190,11 @@ class GatewayMetrics:
         self.cache_lookups = Counter(
             "twice_cache_lookups_total", "Response cache lookups by result.", ["result"], registry=registry
         )
+        self.cache_evictions = Counter(
+            "twice_cache_evictions_total",
+            "Cached answers evicted to keep the cache within cache.max_entries.",
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "twice_redis_errors_total", "Redis commands that failed or timed out.", registry=registry
         )
@@ -177,7 +203,7 @@ class GatewayMetrics:
         )
         self.upstreams = UpstreamMetrics(registry)
         for source in ROUNDS_SOURCES:
-            self.rounds_granted.labels(source=source)
+            self.rounds_granted.labels(source=source, variant=NO_VARIANT)
         for result in ("written", "dropped", "overflow"):
             self.telemetry.labels(result=result)
         for result in CACHE_RESULTS:
@@ -204,13 +230,13 @@ class MetricsObserver:
         self._metrics.backend_latency.labels(purpose=purpose).observe(seconds)
 
     def verdict(self, result: VerdictResult) -> None:
-        self._metrics.verdicts.labels(result=result).inc()
+        self._metrics.verdicts.labels(result=result, variant=variant()).inc()
 
     def backtrack(self) -> None:
-        self._metrics.backtracks.inc()
+        self._metrics.backtracks.labels(variant=variant()).inc()
 
     def refusal(self, reason: str) -> None:
-        self._metrics.refusals.labels(reason=reason).inc()
+        self._metrics.refusals.labels(reason=reason, variant=variant()).inc()
 
     def strategy_time(self, strategy: str, seconds: float) -> None:
         self._metrics.strategy_time.labels(strategy=strategy).observe(seconds)

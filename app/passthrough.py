@@ -16,7 +16,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from app.errors import UpstreamError, as_twice_error
-from app.metrics import GatewayMetrics
+from app.metrics import GatewayMetrics, variant
 from app.streaming import DONE, SSE_HEADERS, sse_error
 from refiners.backend import BackendTimeout, BackendUnavailable
 
@@ -107,7 +107,7 @@ async def _relay_events(
                 continue
             ready, pending = pending[: end + 2], pending[end + 2 :]
             if first:
-                metrics.time_to_first_token.observe(time.perf_counter() - started)
+                metrics.time_to_first_token.labels(variant=variant()).observe(time.perf_counter() - started)
                 first = False
             if b'"usage"' in ready:
                 _count_stream_usage(ready, metrics)
@@ -131,7 +131,9 @@ async def _relay_events(
     finally:
         upstream.release()
         metrics.requests.labels(outcome=outcome, stream="true").inc()
-        metrics.request_latency.labels(stream="true").observe(time.perf_counter() - started)
+        metrics.request_latency.labels(stream="true", variant=variant()).observe(
+            time.perf_counter() - started
+        )
 
 
 def _count_stream_usage(events: bytes, metrics: GatewayMetrics) -> None:

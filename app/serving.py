@@ -18,7 +18,7 @@ from app.backends import GatewayBackend
 from app.errors import InvalidRequest, NotFound, as_twice_error
 from app.fields import extra_fields
 from app.gate import Gate
-from app.metrics import GatewayMetrics, MetricsObserver, outcome_of
+from app.metrics import GatewayMetrics, MetricsObserver, outcome_of, variant
 from app.passthrough import ForwardingBackend, forward_chat
 from app.plan import STRATEGY_HEADER, Plan, parse_plan
 from app.protocol.chat import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
@@ -158,7 +158,9 @@ class ChatService:
         if "psr" not in plan.strategies:
             return NO_ROUNDS
         decision = self._rounds.decide(plan.rounds, messages, from_client=plan.client_rounds)
-        self._metrics.rounds_granted.labels(source=decision.source).observe(decision.granted)
+        self._metrics.rounds_granted.labels(source=decision.source, variant=variant()).observe(
+            decision.granted
+        )
         return decision
 
     def _new_run(
@@ -260,7 +262,9 @@ class ChatService:
                     finished = event
                 elif event.text:
                     if first_text:
-                        self._metrics.time_to_first_token.observe(time.perf_counter() - ctx.started)
+                        self._metrics.time_to_first_token.labels(variant=variant()).observe(
+                            time.perf_counter() - ctx.started
+                        )
                         first_text = False
                     yield ctx.chunk({"content": event.text})
             self._count_run(run, finished)
@@ -290,9 +294,11 @@ class ChatService:
             max(0, usage.completion_tokens - finished.visible_tokens),
         )
         if run.rounds:
-            self._metrics.rounds.labels(kind="granted").inc(run.rounds)
-            self._metrics.rounds.labels(kind="used").inc(run.rounds_used)
+            self._metrics.rounds.labels(kind="granted", variant=variant()).inc(run.rounds)
+            self._metrics.rounds.labels(kind="used", variant=variant()).inc(run.rounds_used)
 
     def _observe(self, ctx: RequestContext, stream: str, outcome: str) -> None:
         self._metrics.requests.labels(outcome=outcome, stream=stream).inc()
-        self._metrics.request_latency.labels(stream=stream).observe(time.perf_counter() - ctx.started)
+        self._metrics.request_latency.labels(stream=stream, variant=variant()).observe(
+            time.perf_counter() - ctx.started
+        )

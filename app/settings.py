@@ -316,6 +316,12 @@ class CacheSettings(BaseModel):
     max_entry_bytes: int = Field(
         65_536, ge=256, description="Requests and answers larger than this are neither looked up nor stored."
     )
+    max_entries: int = Field(
+        4_096,
+        ge=1,
+        description="Most answers kept (so at most max_entries x max_entry_bytes in Redis); the least "
+        "recently used is evicted first.",
+    )
 
 
 class PlanSettings(BaseModel):

@@ -153,7 +153,7 @@ def test_the_predictor_retrains_from_what_the_gateway_recorded(
     assert len(read.rows) == len(observed) >= 1
     assert all(row.features is not None and row.messages is None for row in read.rows)
     assert metric(base, 'twice_telemetry_entries_total{result="written"}') == len(recorded)
-    assert metric(base, 'twice_rounds_granted_count{source="predictor"}') >= 1
+    assert metric(base, 'twice_rounds_granted_count{source="predictor",variant="none"}') >= 1
 
 
 def test_the_label_command_runs_psr_through_the_real_gateway(base: str, tmp_path: Path) -> None:

@@ -173,3 +173,22 @@ def test_token_limit_refuses_once_the_window_is_spent(stub_url: str) -> None:
         assert response.json()["error"]["code"] == "rate_limit_exceeded"
         assert 1 <= int(response.headers["retry-after"]) <= 60
     store.close()
+
+
+def test_the_cache_keeps_at_most_max_entries_evicting_the_least_recently_used(stub_url: str) -> None:
+    store = flushed(DB)
+    env = gateway_env(DB, TWICE_CACHE__ENABLED="true", TWICE_CACHE__MAX_ENTRIES="3")
+    with running_gateway("--backend", "vllm", "--upstream", stub_url, env=env) as base:
+
+        def cached(name: str) -> str:
+            return str(chat(base, temperature=0, content=name).headers["x-twice-cache"])
+
+        assert [cached(name) for name in ("a", "b", "c")] == ["miss"] * 3
+        assert cached("a") == "hit"  # a is now the most recently used; b the least
+        assert cached("d") == "miss"  # a fourth entry: b is evicted
+        assert len(store.keys("twice:cache:*")) == store.zcard("twice:cache-index") == 3
+        assert [cached(name) for name in ("a", "c", "d")] == ["hit"] * 3
+        assert cached("b") == "miss"  # evicted, so asked again (and it evicts a, now the oldest)
+        assert metric_value(base, "twice_cache_evictions_total") == 2
+        assert len(store.keys("twice:cache:*")) == 3
+    store.close()
