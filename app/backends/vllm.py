@@ -13,6 +13,7 @@ call of a request shares its prefix with the one before and vLLM's prefix cache 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -109,6 +110,8 @@ class VllmBackend:
         self._model = settings.model or ""
         self._known_models: frozenset[str] = frozenset()
         self._models_checked = -MODELS_REFRESH_S
+        self._models_asking: asyncio.Task[bool] | None = None
+        """The one model-list refresh in flight: concurrent requests share it rather than each asking vLLM."""
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -166,11 +169,20 @@ class VllmBackend:
         if model in self._known_models:
             return True
         if time.monotonic() - self._models_checked >= MODELS_REFRESH_S:
-            try:
-                await self.list_models()
-            except BackendError:
+            if self._models_asking is None or self._models_asking.done():
+                self._models_asking = asyncio.ensure_future(self._ask_models())
+            # Shielded: a client that leaves does not cancel the refresh the others wait on.
+            if not await asyncio.shield(self._models_asking):
                 return True
         return model in self._known_models
+
+    async def _ask_models(self) -> bool:
+        """Refreshes the model list; whether vLLM answered."""
+        try:
+            await self.list_models()
+        except BackendError:
+            return False
+        return True
 
     def observe_upstreams(self, observer: UpstreamObserver) -> None:
         """Count upstream calls, health and affinity breaks into `observer` (the gateway's metrics)."""

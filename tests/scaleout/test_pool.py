@@ -196,6 +196,23 @@ async def test_dns_discovery_adds_checks_and_drops_addresses() -> None:
                 await pool.close()
 
 
+async def test_concurrent_first_requests_ask_vllm_for_its_models_once() -> None:
+    """The cause of a flaky scale-out test: each of the first concurrent requests asked for the model list
+    (round-robin over the replicas, so one replica could get two), one more call than a request makes."""
+    with replicas(3) as started:
+        backend = VllmBackend(settings([r.url for r in started]))  # the model is set: start() lists none
+        await backend.start()
+        try:
+            answers = await asyncio.gather(*(backend.serves("stub-model") for _ in range(8)))
+            assert answers == [True] * 8
+            assert sum(r.state.model_lists for r in started) == 1
+            # Within the refresh interval an unknown name does not ask again, and is not served.
+            assert await asyncio.gather(*(backend.serves("other") for _ in range(4))) == [False] * 4
+            assert sum(r.state.model_lists for r in started) == 1
+        finally:
+            await backend.close()
+
+
 async def test_no_upstream_known_is_a_backend_unavailable() -> None:
     async def nothing(host: str, port: int) -> list[str]:
         return []  # a stand-in for DNS answering with no address

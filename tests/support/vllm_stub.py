@@ -45,6 +45,8 @@ class StubState:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     cache: list[tuple[str, ...]] = field(default_factory=list)
+    model_lists: int = 0
+    """GET /v1/models requests answered."""
     keep_received: bool = True
     created: int = 1_700_000_000
 
@@ -66,6 +68,7 @@ class VllmStub:
         return web.Response(text="")
 
     async def models(self, _: web.Request) -> web.Response:
+        self.state.model_lists += 1
         cards = [
             {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 4096}
             for name in (self.state.model, *self.state.extra_models)
