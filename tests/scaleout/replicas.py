@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -60,6 +62,13 @@ class Replica:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = self._runner = self._thread = None
+        # A connection accepted in the last moments before the loop stopped (the gateway health-checks every
+        # 0.1 s) can be left as garbage whose socket was never closed. Collected later, its ResourceWarning
+        # (an error under pytest's settings) failed whichever test ran then: 1 run in 20 of tests/scaleout.
+        # Collect this replica's leftovers here, where they are made, with that warning ignored here only.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
     @property
     def calls(self) -> int:
