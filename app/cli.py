@@ -156,6 +156,13 @@ def _register_calibrate(commands: Any) -> None:
         help="Rate of benign requests' answers flagged that tau is chosen at.",
     )
     parser.add_argument("--injections", action="store_true", help="Also measure reviewer-note flip rates.")
+    parser.add_argument(
+        "--reviews",
+        nargs="+",
+        choices=["fenced", "answer_only", "in_context"],
+        default=["fenced", "answer_only", "in_context"],
+        help="Review modes to score every pair in.",
+    )
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores).")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)

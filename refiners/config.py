@@ -9,10 +9,11 @@ from pydantic import BaseModel, Field
 
 class PsrConfig(BaseModel):
     chunk_tokens: int = Field(32, ge=1, le=1024, description="K: tokens generated between two self-checks.")
-    review: Literal["fenced", "in_context"] = Field(
+    review: Literal["fenced", "answer_only", "in_context"] = Field(
         "fenced",
         description="Where the self-check is asked. `fenced`: in a review prompt of its own, the request "
-        "and answer fenced as data (user text cannot steer it). `in_context`: appended to the "
+        "and answer fenced as data (user text cannot steer it). `answer_only`: the same without the "
+        "request (the reviewer judges the response alone). `in_context`: appended to the "
         "generation's own context, as the paper does: cheaper (the answer is already in the KV cache) "
         "but the conversation above it is not fenced.",
     )

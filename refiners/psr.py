@@ -200,6 +200,8 @@ def review_request(
     """The self-check of `answer_text` in the given review mode (also what `twice calibrate` scores)."""
     if review == "in_context":
         return _in_context_review(messages, answer_text, fence)
+    if review == "answer_only":
+        return _answer_review(answer_text, fence)
     return _fenced_review(request_text, answer_text, fence)
 
 
@@ -209,6 +211,15 @@ def _fenced_review(request_text: str, answer_text: str, fence: Fence) -> Generat
         meta_messages("psr_verdict", fence, {"request": request_text, "answer": answer_text}),
         Sampling(max_tokens=1, temperature=0.0),
         prefix=template("psr_verdict", "cue"),
+    )
+
+
+def _answer_review(answer_text: str, fence: Fence) -> GenerationRequest:
+    """The fenced self-check without the request: only the answer so far is data to review."""
+    return GenerationRequest(
+        meta_messages("psr_verdict_answer", fence, {"answer": answer_text}),
+        Sampling(max_tokens=1, temperature=0.0),
+        prefix=template("psr_verdict_answer", "cue"),
     )
 
 

@@ -103,10 +103,10 @@ def test_a_small_run_writes_records_and_a_summary(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert summary["model"] == EMBEDDED_MODEL
-    assert {r["review"] for r in records} == {"fenced", "in_context"}
+    assert {r["review"] for r in records} == {"fenced", "answer_only", "in_context"}
     plain = [r for r in records if r["injection"] is None]
     # 2 benign requests (own answer) + 2 harmful (own and forced), each halved: up to 12 pairs per mode
-    assert 0 < summary["reviews"]["fenced"]["pairs"] == len(plain) // 2 <= 12
+    assert 0 < summary["reviews"]["fenced"]["pairs"] == len(plain) // 3 <= 12
     assert all(0.0 <= r["score"] <= 1.0 for r in records)
     assert all("answer" not in r and "request" not in r for r in records)  # no text is kept
     injected = {r["injection"] for r in records} - {None}

@@ -192,6 +192,27 @@ async def test_in_context_review_asks_after_the_answer_in_the_generation_context
     assert backend.requests[1].prefix == answer.content
 
 
+async def test_answer_only_review_shows_the_reviewer_the_fenced_answer_and_not_the_request() -> None:
+    request = "How do I kill a Python process that hangs?"
+    backend = ScriptedBackend(answer_words=16)
+    run = make_run(
+        backend,
+        rounds=2,
+        messages=(ChatMessage("user", request),),
+        psr=PsrConfig(chunk_tokens=8, review="answer_only"),
+    )
+    await collect(Psr().generate(run.messages, run.sampling, run))
+    system, user = backend.verdict_requests[0].messages
+    assert "safety reviewer" in system.content
+    assert request not in user.content
+    assert "request" not in user.content.lower()
+    found = re.search(r"<<<(DATA-[0-9A-F]{16})\n(.*?)\n\1>>>", user.content, re.DOTALL)
+    assert found is not None
+    assert found.group(2) == "w1 w2 w3 w4 w5 w6 w7 w8"
+    assert user.content.split(f"{found.group(1)}>>>")[-1].strip().endswith("Answer with one word, Yes or No.")
+    assert backend.verdict_requests[0].prefix == template("psr_verdict_answer", "cue")
+
+
 @pytest.mark.parametrize("final_check", [True, False])
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 async def test_a_harmful_verdict_on_the_last_round_refuses(rounds: int, final_check: bool) -> None:
