@@ -9,10 +9,10 @@ The labelled set is built from the shared data and the model's own generations (
   phrase at the start); benign for every answer to a benign request and for refusals of harmful ones;
 - partial answers: the first half of each answer and the whole, as psr sees them at two checkpoints.
 
-Every pair is scored in both review modes with the gateway's own prompts (refiners/psr.py). Reported per
-mode: ROC AUC with a bootstrap interval, and the tau that keeps false positives (answers to benign requests
-judged harmful) at
-or under `--fpr`, with the true-positive rate it gives. With `--injections`, each harmful pair is scored again
+Every pair is scored in each review mode asked for (`--reviews`, default all) with the gateway's own
+prompts (refiners/psr.py). Reported per mode: ROC AUC with a bootstrap interval, and the tau that keeps false
+positives (answers to benign requests judged harmful) at or under `--fpr`, with the true-positive rate it
+gives. With `--injections`, each harmful pair is scored again
 with a note to the reviewer planted in the request or the answer, and the flip rate (harmful as it is, safe
 with the note) is reported. No answer text is written: the records hold ids, labels and scores.
 """
@@ -46,11 +46,11 @@ from evaluation.datasets import (
 from evaluation.judges import RefusalJudge
 from evaluation.splits import Split
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
+from refiners.config import REVIEW_MODES
 from refiners.fence import fence_for
 from refiners.psr import review_request
 from refiners.verdict import score_yes_no
 
-REVIEWS = ("fenced", "answer_only", "in_context")
 FORCED_START = "Sure, here is"
 INJECTIONS = {
     # (where, text): notes a jailbreak could plant for the reviewer, as in issue #18's measurement.
@@ -179,7 +179,7 @@ def summarise(
     second: flagging a benign request's answer is over-refusal, while flagging a refusal of a harmful request
     costs a regeneration but still ends in a refusal (its rate is reported beside)."""
     summary: dict[str, Any] = {}
-    reviews = [review for review in REVIEWS if any(r["review"] == review for r in records)]
+    reviews = [review for review in REVIEW_MODES if any(r["review"] == review for r in records)]
     for review in reviews:
         plain = [r for r in records if r["review"] == review and r["injection"] is None]
         entry: dict[str, Any] = {"pairs": len(plain), "harmful": sum(r["label"] for r in plain)}

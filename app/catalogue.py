@@ -17,9 +17,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from refiners.backend import BackendUnavailable
+from refiners.config import ReviewMode
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -30,7 +30,7 @@ class PsrDefaults:
 
     threshold: float
     chunk_tokens: int
-    review: Literal["fenced", "answer_only", "in_context"]
+    review: ReviewMode
     source: str
     """Where these values come from."""
 

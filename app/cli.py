@@ -26,6 +26,7 @@ from app.settings import Settings, settings_problem
 from evaluation.cli import register as register_eval
 from predictor.cli import register as register_predictor
 from refiners.backend import BackendUnavailable
+from refiners.config import REVIEW_MODES
 
 
 def graceful_shutdown_s(settings: Settings) -> int:
@@ -159,8 +160,8 @@ def _register_calibrate(commands: Any) -> None:
     parser.add_argument(
         "--reviews",
         nargs="+",
-        choices=["fenced", "answer_only", "in_context"],
-        default=["fenced", "answer_only", "in_context"],
+        choices=REVIEW_MODES,
+        default=list(REVIEW_MODES),
         help="Review modes to score every pair in.",
     )
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores).")

@@ -1,10 +1,9 @@
 """Prometheus metrics, built in one object over an injected registry (a fresh one per app and per test).
 
 Names: `twice_<noun>_<unit>`; counters end `_total`, durations `_seconds`. Label values come only from closed
-sets (endpoints, outcomes, purposes, token kinds, the operator's experiment variants);
-never from request text.
-The A/B metrics (requests, latency, time to first token, rounds, verdicts, backtracks, refusals) carry the
-request's `variant`.
+sets (endpoints, outcomes, purposes, token kinds, the operator's experiment variants), never from request
+text. The A/B metrics (requests, latency, time to first token, rounds, verdicts, backtracks, refusals) carry
+the request's `variant`.
 """
 
 from __future__ import annotations

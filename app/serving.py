@@ -294,8 +294,9 @@ class ChatService:
             max(0, usage.completion_tokens - finished.visible_tokens),
         )
         if run.rounds:
-            self._metrics.rounds.labels(kind="granted", variant=variant()).inc(run.rounds)
-            self._metrics.rounds.labels(kind="used", variant=variant()).inc(run.rounds_used)
+            current = variant()
+            self._metrics.rounds.labels(kind="granted", variant=current).inc(run.rounds)
+            self._metrics.rounds.labels(kind="used", variant=current).inc(run.rounds_used)
 
     def _observe(self, ctx: RequestContext, stream: str, outcome: str) -> None:
         self._metrics.requests.labels(outcome=outcome, stream=stream).inc()

@@ -66,6 +66,32 @@ def classify_json(status: int, body: bytes) -> str:
     return "incomplete"
 
 
+async def send(
+    session: aiohttp.ClientSession, base: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[str, float, bool]:
+    """(outcome, seconds, whether the answer came from the cache). A request past the session's timeout is
+    `hung`; one the connection failed is `client:<error>`."""
+    started = time.perf_counter()
+    try:
+        async with session.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
+            raw = await response.read()
+            status = response.status
+            hit = response.headers.get("x-twice-cache") == "hit"
+    except TimeoutError:
+        return "hung", time.perf_counter() - started, False
+    except aiohttp.ClientError as exc:
+        return f"client:{type(exc).__name__}", time.perf_counter() - started, False
+    elapsed = time.perf_counter() - started
+    if body.get("stream") and status == 200:
+        return classify_stream(raw), elapsed, hit
+    return classify_json(status, raw), elapsed, hit
+
+
+def failed(kind: str) -> bool:
+    """An outcome that is not a complete response or a clean error."""
+    return kind in ("incomplete", "hung") or kind.startswith("client:")
+
+
 async def one(
     session: aiohttp.ClientSession, url: str, model: str, max_tokens: int, stream: bool, fault: str | None
 ) -> tuple[str, float]:
@@ -76,17 +102,8 @@ async def one(
         "max_tokens": max_tokens,
         "stream": stream,
     }
-    started = time.perf_counter()
-    try:
-        async with session.post(f"{url}/v1/chat/completions", json=payload) as response:
-            body = await response.read()
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return f"client:{type(exc).__name__}", time.perf_counter() - started
-    elapsed = time.perf_counter() - started
-    if stream and status == 200:
-        return classify_stream(body), elapsed
-    return classify_json(status, body), elapsed
+    outcome, seconds, _ = await send(session, url, payload)
+    return outcome, seconds
 
 
 async def drive(
@@ -186,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         log = gateway.log()
     result = report(args, tally, wall)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    incomplete = sum(
-        n for kind, n in tally.kinds.items() if kind == "incomplete" or kind.startswith("client:")
-    )
+    incomplete = sum(n for kind, n in tally.kinds.items() if failed(kind))
     if incomplete or "Traceback" in log:
         print(f"FAIL: {incomplete} incomplete responses; traceback in log: {'Traceback' in log}")
         return 1

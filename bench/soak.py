@@ -36,7 +36,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import FAULT_MIX, classify_json, classify_stream, percentile
+from bench.load import FAULT_MIX, percentile, send
 from tests.experiments.support import OwnRedis
 from tests.reliability.gateway import Gateway, launched, vllm_env
 from tests.support.fault_upstream import FaultState, fault_marker, running_fault_upstream
@@ -95,26 +95,6 @@ def vllm_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str, str
         headers = {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "2"}
     body["messages"] = [{"role": "user", "content": text}]
     return kind, body, headers
-
-
-async def send(
-    session: aiohttp.ClientSession, base: str, body: dict[str, Any], headers: dict[str, str]
-) -> tuple[str, float, bool]:
-    """(outcome, seconds, whether the answer came from the cache)."""
-    started = time.perf_counter()
-    try:
-        async with session.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
-            raw = await response.read()
-            status = response.status
-            hit = response.headers.get("x-twice-cache") == "hit"
-    except TimeoutError:
-        return "hung", time.perf_counter() - started, False
-    except aiohttp.ClientError as exc:
-        return f"client:{type(exc).__name__}", time.perf_counter() - started, False
-    elapsed = time.perf_counter() - started
-    if body.get("stream") and status == 200:
-        return classify_stream(raw), elapsed, hit
-    return classify_json(status, raw), elapsed, hit
 
 
 async def vllm_client(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
+
+ReviewMode = Literal["fenced", "answer_only", "in_context"]
+REVIEW_MODES: tuple[ReviewMode, ...] = get_args(ReviewMode)
 
 
 class PsrConfig(BaseModel):
     chunk_tokens: int = Field(32, ge=1, le=1024, description="K: tokens generated between two self-checks.")
-    review: Literal["fenced", "answer_only", "in_context"] = Field(
+    review: ReviewMode = Field(
         "fenced",
         description="Where the self-check is asked. `fenced`: in a review prompt of its own, the request "
         "and answer fenced as data (user text cannot steer it). `answer_only`: the same without the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis
@@ -33,6 +34,7 @@ def redis_db() -> redis.Redis:
     return client
 
 
+@asynccontextmanager
 async def writer(
     port: int, queue_size: int, timeout_s: float
 ) -> AsyncIterator[tuple[Telemetry, GatewayMetrics]]:
@@ -42,12 +44,14 @@ async def writer(
     store = RedisStore(settings, metrics)
     telemetry = Telemetry(store, TelemetrySettings(queue_size=queue_size), metrics)
     telemetry.start()
-    yield telemetry, metrics
-    await store.close()
+    try:
+        yield telemetry, metrics
+    finally:
+        await store.close()
 
 
 async def test_entries_are_written_in_the_background(redis_db: redis.Redis) -> None:
-    async for telemetry, metrics in writer(6379, queue_size=100, timeout_s=1.0):
+    async with writer(6379, queue_size=100, timeout_s=1.0) as (telemetry, metrics):
         for _ in range(20):
             telemetry.submit(dict(ENTRY))
         await telemetry.close()
@@ -57,7 +61,7 @@ async def test_entries_are_written_in_the_background(redis_db: redis.Redis) -> N
 async def test_a_stalled_redis_fills_the_queue_and_costs_entries_not_time(redis_db: redis.Redis) -> None:
     with running_chaos_proxy(upstream_port=6379) as proxy:
         proxy.set_mode("stall")
-        async for telemetry, metrics in writer(proxy.port, queue_size=3, timeout_s=10.0):
+        async with writer(proxy.port, queue_size=3, timeout_s=10.0) as (telemetry, metrics):
             started = time.monotonic()
             for _ in range(10):
                 telemetry.submit(dict(ENTRY))
