@@ -29,6 +29,16 @@ def render_chatml(
 
     Like the model's own template, a conversation without a system message gets the default one.
     """
+    ids = render_chatml_head(messages, tokenize, default_system=default_system)
+    if prefix:
+        ids += tokenize(prefix, False)
+    return ids
+
+
+def render_chatml_head(
+    messages: Sequence[ChatMessage], tokenize: Tokenize, *, default_system: str | None = DEFAULT_SYSTEM
+) -> list[int]:
+    """The prompt ids up to the opening of the assistant's turn (where an answer's own text begins)."""
     ids: list[int] = []
     if default_system is not None and (not messages or messages[0].role != "system"):
         messages = [ChatMessage("system", default_system), *messages]
@@ -37,6 +47,4 @@ def render_chatml(
         ids += tokenize(message.content, False)
         ids += tokenize("<|im_end|>\n", True)
     ids += tokenize("<|im_start|>assistant\n", True)
-    if prefix:
-        ids += tokenize(prefix, False)
     return ids

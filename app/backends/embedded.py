@@ -8,12 +8,15 @@
 - A few llama.cpp contexts share the weights (mmap). A call goes to the context whose KV cache shares the
   longest prefix with its prompt, so a generation, its continuations and its self-check prompts each keep
   their cache warm instead of evicting one another.
+- A continuation resumes from the token ids the model wrote, not from a re-tokenisation of their text
+  (app/backends/continuation.py): at temperature 0 a checked answer is token for token the plain one.
 - `llama_cpp` is imported only here, inside functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import codecs
 import logging
 import secrets
@@ -26,7 +29,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from app.backends.chatml import render_chatml
+from app.backends.chatml import render_chatml_head
+from app.backends.continuation import ContinuationMemory, conversation_key
 from app.backends.llama_model import ModelOptions, open_model, system_info
 from app.backends.startup_probe import prove_generation
 from app.settings import EmbeddedSettings
@@ -57,6 +61,34 @@ class ContextLengthExceeded(BackendRejected):
 class _Slot:
     llm: Any
     last_used: float = 0.0
+    resume_points: list[int] = field(default_factory=lambda: [0])
+    """Positions at which an evaluation batch began for the tokens now in the KV cache, and the end of them
+    (where the next batch would begin)."""
+
+    def resume_point(self, shared: int, prompt_length: int) -> int:
+        """Where a generation resumes: the last batch start within the shared prefix, leaving at least one
+        prompt token to evaluate. llama.cpp's logits for a token depend on the batch it is evaluated in (a
+        token alone and the same token inside a prompt's batch differ in the last bits), so resuming
+        mid-batch would make a greedy answer depend on what this context computed before: the same request
+        twice, or a psr chunk and plain generation, could part ways. Resumed at a batch start, the rest is
+        evaluated in the batches it had."""
+        at = bisect.bisect_right(self.resume_points, min(shared, prompt_length - 1))
+        return self.resume_points[at - 1] if at else 0
+
+    def evaluated(self, start: int, prompt_length: int) -> None:
+        """Record a prompt evaluated from `start` in batches of n_batch, then single-token decodes."""
+        del self.resume_points[bisect.bisect_left(self.resume_points, start) :]
+        self.resume_points += range(start, prompt_length, self.llm.n_batch)
+        self.resume_points += range(prompt_length, max(prompt_length, self.llm.n_tokens) + 1)
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    ids: list[int]
+    conversation: bytes
+    """The key of the prompt before the answer (`conversation_key`)."""
+    answer_start: int
+    """Where the answer's own ids (the request's prefix) begin in `ids`."""
 
 
 @dataclass
@@ -112,6 +144,7 @@ class EmbeddedBackend:
     def __init__(self, settings: EmbeddedSettings) -> None:
         self._settings = settings
         self._slots: list[_Slot] = []
+        self._written = ContinuationMemory()  # used on the worker thread only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twice-llama")
         self._ready = False
 
@@ -186,21 +219,24 @@ class EmbeddedBackend:
         ids: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
         return ids
 
-    def _prompt(self, llm: Any, request: GenerationRequest) -> list[int]:
+    def _prompt(self, llm: Any, request: GenerationRequest) -> _Prompt:
         if request.extra:
             raise BackendRejected(f"the embedded backend does not take {sorted(request.extra)}")
-        ids = render_chatml(
-            request.messages,
-            lambda text, special: self._tokenize(llm, text, special=special),
-            prefix=request.prefix,
+        head = render_chatml_head(
+            request.messages, lambda text, special: self._tokenize(llm, text, special=special)
         )
+        conversation = conversation_key(head)
+        answer = self._written.ids_for(
+            conversation, request.prefix, lambda text: self._tokenize(llm, text, special=False)
+        )
+        ids = head + answer
         if len(ids) >= self._settings.n_ctx:
             raise ContextLengthExceeded(
                 f"the prompt is {len(ids)} tokens; the model's context is {self._settings.n_ctx}"
             )
-        return ids
+        return _Prompt(ids, conversation, answer_start=len(head))
 
-    def _pick_slot(self, request: GenerationRequest) -> tuple[_Slot, list[int], int]:
+    def _pick_slot(self, request: GenerationRequest) -> tuple[_Slot, _Prompt, int]:
         """The context holding the longest useful prefix of the prompt; else the least recently used one.
 
         A prefix shorter than MIN_REUSE_TOKENS (the chat template's opening, a shared system line) is not
@@ -208,9 +244,9 @@ class EmbeddedBackend:
         if not self._slots:
             raise BackendUnavailable("the embedded model is not loaded")
         prompt = self._prompt(self._slots[0].llm, request)
-        shared = [_common_prefix(slot.llm._input_ids, prompt) for slot in self._slots]
+        shared = [_common_prefix(slot.llm._input_ids, prompt.ids) for slot in self._slots]
         best = max(range(len(self._slots)), key=shared.__getitem__)
-        if shared[best] < min(MIN_REUSE_TOKENS, len(prompt) - 1):
+        if shared[best] < min(MIN_REUSE_TOKENS, len(prompt.ids) - 1):
             best = min(range(len(self._slots)), key=lambda i: self._slots[i].last_used)
         slot = self._slots[best]
         slot.last_used = time.monotonic()
@@ -221,17 +257,22 @@ class EmbeddedBackend:
     def _generate(self, request: GenerationRequest, cancelled: _Cancel) -> Iterator[CompletionChunk]:
         from llama_cpp import llama_cpp as lib
 
-        slot, prompt, cached = self._pick_slot(request)
+        slot, prompt, shared = self._pick_slot(request)
         llm = slot.llm
+        resume = slot.resume_point(shared, len(prompt.ids))
+        llm._ctx.kv_cache_seq_rm(-1, resume, -1)
+        llm.n_tokens = resume
         sampling = request.sampling
-        budget = min(sampling.max_tokens, self._settings.n_ctx - len(prompt))
+        budget = min(sampling.max_tokens, self._settings.n_ctx - len(prompt.ids))
         llm.set_seed(sampling.seed if sampling.seed is not None else secrets.randbits(31))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _StopMatcher(sampling.stop)
-        produced = 0
+        written: list[int] = []
+        pieces: list[str] = []
         finish: FinishReason = "length"
         tokens = llm.generate(
-            prompt,
+            prompt.ids[resume:],
+            reset=False,
             top_k=0,
             top_p=sampling.top_p,
             min_p=0.0,
@@ -246,20 +287,37 @@ class EmbeddedBackend:
                 if lib.llama_vocab_is_eog(llm._model.vocab, token):
                     finish = "stop"
                     break
-                produced += 1
+                written.append(token)
                 text = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
+                    pieces.append(text)
                     yield CompletionChunk(text=text)
                 if stops.stopped:
                     finish = "stop"
                     break
-                if produced >= budget:
+                if len(written) >= budget:
                     break
         finally:
             tokens.close()
+            slot.evaluated(resume, len(prompt.ids))
         tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=produced, cached_tokens=cached)
+        if finish == "length" and not cancelled():
+            self._remember(llm, request, prompt, written, "".join(pieces) + tail)
+        usage = Usage(prompt_tokens=len(prompt.ids), completion_tokens=len(written), cached_tokens=resume)
         yield CompletionChunk(text=tail, finish_reason=finish, usage=usage)
+
+    def _remember(
+        self, llm: Any, request: GenerationRequest, prompt: _Prompt, written: list[int], text: str
+    ) -> None:
+        """Keep the ids of an answer cut by its token budget (the one kind that is continued), if they
+        are exactly the text the caller received: a cut inside a character, say, is not kept."""
+        try:
+            exact = llm.detokenize(written).decode("utf-8") == text
+        except UnicodeDecodeError:
+            exact = False
+        if exact:
+            ids = [*prompt.ids[prompt.answer_start :], *written]
+            self._written.remember(prompt.conversation, request.prefix + text, ids)
 
     def _complete(self, request: GenerationRequest, cancelled: _Cancel) -> Completion:
         parts: list[str] = []
@@ -272,13 +330,16 @@ class EmbeddedBackend:
         )
 
     def _next_token(self, request: GenerationRequest, top_logprobs: int) -> TokenDistribution:
-        slot, prompt, cached = self._pick_slot(request)
+        slot, prompt, shared = self._pick_slot(request)
         llm = slot.llm
-        # Keep at least the last prompt token to evaluate: its logits are the distribution we want.
-        reuse = min(cached, len(prompt) - 1)
+        # A verdict reuses the whole shared prefix (its score may differ in the last bits with what this
+        # context held; generations resume at a batch start instead). At least the last prompt token is
+        # evaluated: its logits are the distribution we want.
+        reuse = min(shared, len(prompt.ids) - 1)
         llm._ctx.kv_cache_seq_rm(-1, reuse, -1)
         llm.n_tokens = reuse
-        llm.eval(prompt[reuse:])
+        llm.eval(prompt.ids[reuse:])
+        slot.evaluated(reuse, len(prompt.ids))
         logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
         logits -= logits.max()
         probs = np.exp(logits)
@@ -290,7 +351,7 @@ class EmbeddedBackend:
             text = llm.detokenize([int(token_id)]).decode("utf-8", errors="replace")
             top[text] = top.get(text, 0.0) + float(probs[token_id])
         # One token is produced (its distribution read), as vLLM counts a max_tokens=1 verdict call.
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=1, cached_tokens=cached)
+        usage = Usage(prompt_tokens=len(prompt.ids), completion_tokens=1, cached_tokens=reuse)
         return TokenDistribution(top=top, usage=usage)
 
     # --- the Backend contract ----------------------------------------------------------------------------
