@@ -364,11 +364,12 @@ class PlanSettings(BaseModel):
         "what `auto` grants, so a client cannot switch the self-check off with X-Twice-Rounds: 0.",
     )
     auto_explore_share: float = Field(
-        0.0,
+        0.05,
         ge=0.0,
         le=1.0,
         description="Share of `auto` requests given the predictor's whole range instead of its choice, so "
-        "that telemetry keeps observing traffic the predictor checks little.",
+        "that telemetry keeps observing what the predictor checks little and retraining stays honest "
+        "(docs/predictor.md). 0 makes `auto` deterministic (evaluations of the predictor itself).",
     )
 
 

@@ -2,7 +2,8 @@
 
 One row: `{"id", "source", "harmful": bool, "messages": [...], "label_rounds": int,
 "observed_first_harmful_round": int | null}`. Rows read from telemetry may carry `features` (a
-`FeatureVector` in JSON) instead of `messages`.
+`FeatureVector` in JSON) instead of `messages`, and `censored_at`: no verdict fired in the rounds the
+request was granted and its answer went on unchecked, so its label is only known to be none or above that.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class LabelledRow:
     messages: tuple[Mapping[str, Any], ...] | None = None
     features: FeatureVector | None = None
     observed_first_harmful_round: int | None = None
+    censored_at: int | None = None
+    """Set when the label is only known to be 0 (no verdict would fire) or above this round."""
 
     def vector(self, config: FeatureConfig) -> FeatureVector:
         if self.messages is not None:
@@ -43,6 +46,8 @@ class LabelledRow:
             row["features"] = self.features.to_json()
         row["label_rounds"] = self.label_rounds
         row["observed_first_harmful_round"] = self.observed_first_harmful_round
+        if self.censored_at is not None:
+            row["censored_at"] = self.censored_at
         return row
 
     @classmethod
@@ -50,6 +55,7 @@ class LabelledRow:
         messages = data.get("messages")
         features = data.get("features")
         observed = data.get("observed_first_harmful_round")
+        censored_at = data.get("censored_at")
         if messages is None and features is None:
             raise ValueError("a row needs messages or features")
         if messages is not None and not (
@@ -64,6 +70,7 @@ class LabelledRow:
             messages=tuple(messages) if messages is not None else None,
             features=FeatureVector.from_json(features) if features is not None else None,
             observed_first_harmful_round=None if observed is None else _strict_int(observed),
+            censored_at=None if censored_at is None else _strict_int(censored_at),
         )
 
 

@@ -4,11 +4,14 @@ Each entry (written by the gateway, app/telemetry.py, with `entry_fields`) has t
 only where the gateway is configured to keep text), `features` (a `FeatureVector` in JSON), `rounds_granted`,
 `rounds_used`, `first_harmful_round` (empty when no verdict fired), `rounds_source` (how the gateway chose the
 rounds: app/rounds.py) and `outcome` (`answered`, `refused` or `error`). An entry becomes a row when it can
-be labelled:
+be labelled, without learning from the gateway's own decisions:
 - a harmful verdict fired at round r: harmful, label r (capped at max_rounds);
-- no verdict fired and at least one round ran: benign, label 0;
-- no round ran (rounds_used 0): skipped as unobserved. Labelling it 0 would teach the predictor its own
-  past decisions, since nothing was checked;
+- no verdict fired, and the answer ended before its rounds were spent, or it was granted max_rounds: every
+  round the label counts was observed safe: benign, label 0;
+- no verdict fired in the r < max_rounds rounds granted, all spent: censored at r (`censored_at`). The
+  answer went on unchecked, so a verdict at round r + 1 or later may have been missed. Labelling it 0 would
+  teach the predictor that its own choice of r was enough; training uses it as "none or above r";
+- no round ran (rounds_used 0): skipped as unobserved;
 - `outcome` "error", no messages and no features, or malformed fields: skipped and counted.
 """
 
@@ -99,6 +102,7 @@ def entry_row(entry_id: str, fields: Mapping[str, str], max_rounds: int) -> Labe
         raise LabelsError("outcome error")
     try:
         rounds_used = int(fields["rounds_used"])
+        rounds_granted = int(fields["rounds_granted"])
         first = fields.get("first_harmful_round", "")
         first_harmful = int(first) if first else None
         messages = json.loads(fields["messages"]) if fields.get("messages") else None
@@ -113,6 +117,7 @@ def entry_row(entry_id: str, fields: Mapping[str, str], max_rounds: int) -> Labe
         raise LabelsError("malformed")
     if first_harmful is None and rounds_used == 0:
         raise LabelsError("unobserved (no round ran)")
+    censored = first_harmful is None and rounds_used >= rounds_granted and rounds_granted < max_rounds
     return LabelledRow(
         id=entry_id,
         source=SOURCE,
@@ -121,4 +126,5 @@ def entry_row(entry_id: str, fields: Mapping[str, str], max_rounds: int) -> Labe
         messages=tuple(messages) if messages is not None else None,
         features=features,
         observed_first_harmful_round=first_harmful,
+        censored_at=rounds_granted if censored else None,
     )

@@ -9,6 +9,13 @@ The metrics, on held-out rows:
 largest value whose harmful under-provisioning stays within `target_under_share`. The held-out split is
 never seen while fitting or calibrating. Rows of `EVAL_ONLY_SOURCES` are never trained on (the
 self-instruct authors ask that their set be used for evaluation only); they are reported separately.
+
+Censored rows (telemetry of a request whose granted rounds all passed with the rest of its answer unchecked:
+its label is 0 or above r) are fitted, never held out or calibrated on, by expectation-maximisation: each
+counts as every label it may have (0, or r + 1 and above), weighted by the model's own probabilities of those
+labels given its features, refitted a few times. Counting them as 0 would teach the predictor that the rounds
+it granted were enough; dropping them would keep only the requests whose verdict fired early, and pull it
+the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -33,6 +41,7 @@ from predictor.model import RoundPredictor, decide_rounds, parameters_sha256
 EVAL_ONLY_SOURCES = frozenset({"self_instruct_user_oriented"})
 DATASET_DERIVED = "dataset-derived, not psr-observed"
 PSR_OBSERVED = "psr-observed"
+CENSORED_EM_ITERATIONS = 5
 TAIL_RISK_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.001)
 
 
@@ -76,8 +85,9 @@ def round_metrics(
 
 def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     """Fit, calibrate and evaluate; the metrics land in the returned predictor's card."""
-    trainable = [row for row in rows if row.source not in EVAL_ONLY_SOURCES]
-    eval_only = [row for row in rows if row.source in EVAL_ONLY_SOURCES]
+    trainable = [row for row in rows if row.source not in EVAL_ONLY_SOURCES and row.censored_at is None]
+    censored = [row for row in rows if row.source not in EVAL_ONLY_SOURCES and row.censored_at is not None]
+    eval_only = [row for row in rows if row.source in EVAL_ONLY_SOURCES and row.censored_at is None]
     labels = np.array([min(row.label_rounds, options.max_rounds) for row in trainable], dtype=np.int64)
     if np.unique(labels).size < 2:
         raise LabelsError("training needs at least two distinct round labels (benign 0 and harmful > 0)")
@@ -88,6 +98,8 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     matrix = to_matrix([row.vector(options.config) for row in trainable], options.config.n_features)
     tail_risk = _calibrate(matrix[train_idx], labels[train_idx], keys[train_idx], options)
     model = _fit(matrix[train_idx], labels[train_idx], options)
+    if censored:
+        model = _fit_with_censored(model, matrix[train_idx], labels[train_idx], censored, options)
     card = ModelCard(
         max_rounds=options.max_rounds,
         classes=tuple(int(value) for value in model.classes_),
@@ -106,6 +118,7 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     held_out_ids = sorted(trainable[i].id for i in test_idx)
     training = {
         **_training_info(options, len(train_idx), held_out_ids),
+        "censored_rows": len(censored),
         "parameters_sha256": parameters_sha256(model),
     }
     predictor.card = dataclasses.replace(card, metrics=metrics, training=training)
@@ -137,7 +150,12 @@ def frontier(
     return points
 
 
-def _fit(matrix: Any, labels: npt.NDArray[np.int64], options: TrainOptions) -> Any:
+def _fit(
+    matrix: Any,
+    labels: npt.NDArray[np.int64],
+    options: TrainOptions,
+    sample_weight: npt.NDArray[np.float64] | None = None,
+) -> Any:
     # liblinear is several times faster on two classes; more classes need lbfgs's multinomial (softmax)
     # model, which is what `RoundPredictor` computes at serving time.
     solver = "liblinear" if np.unique(labels).size == 2 else "lbfgs"
@@ -149,7 +167,32 @@ def _fit(matrix: Any, labels: npt.NDArray[np.int64], options: TrainOptions) -> A
         max_iter=2000,
         random_state=options.seed,
     )
-    return model.fit(matrix, labels)
+    return model.fit(matrix, labels, sample_weight=sample_weight)
+
+
+def _fit_with_censored(
+    model: Any,
+    matrix: Any,
+    labels: npt.NDArray[np.int64],
+    censored: Sequence[LabelledRow],
+    options: TrainOptions,
+) -> Any:
+    """Refit with each censored row spread over the labels it may have (see the module's docstring)."""
+    censored_matrix = to_matrix([row.vector(options.config) for row in censored], options.config.n_features)
+    floors = np.array([row.censored_at or 0 for row in censored], dtype=np.int64)
+    for _ in range(CENSORED_EM_ITERATIONS):
+        classes = np.asarray(model.classes_, dtype=np.int64)
+        possible = (classes[None, :] == 0) | (classes[None, :] > floors[:, None])
+        weights = model.predict_proba(censored_matrix) * possible
+        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        row_idx, class_idx = np.nonzero(weights > 1e-4)
+        model = _fit(
+            sp.vstack([matrix, censored_matrix[row_idx]], format="csr"),
+            np.concatenate([labels, classes[class_idx]]),
+            options,
+            sample_weight=np.concatenate([np.ones(labels.size), weights[row_idx, class_idx]]),
+        )
+    return model
 
 
 def _calibrate(

@@ -20,7 +20,8 @@ BENIGN: Conversation = (ChatMessage("user", "What is the capital of France?"),)
 
 
 def policy(**settings: object) -> RoundsPolicy:
-    return RoundsPolicy.from_settings(PlanSettings.model_validate(settings))
+    """The policy without exploration unless asked (exploration draws at random)."""
+    return RoundsPolicy.from_settings(PlanSettings.model_validate({"auto_explore_share": 0.0, **settings}))
 
 
 def predicted(messages: Conversation, **bounds: int) -> int:

@@ -85,13 +85,13 @@ def test_round_policy_values_reach_the_gateways_settings(monkeypatch: pytest.Mon
         "plan.autoFloor=2",
         "plan.predictorTailRisk:=0.15",
         "plan.clientMayLowerRounds=true",
-        "plan.autoExploreShare:=0.05",
+        "plan.autoExploreShare:=0.2",
     )
     environment = dict(render("default", *overrides).one("ConfigMap", "gateway")["data"])
     plan = settings_from(environment, monkeypatch).plan
     assert (plan.auto_floor, plan.predictor_tail_risk) == (2, 0.15)
     assert plan.client_may_lower_rounds
-    assert plan.auto_explore_share == 0.05
+    assert plan.auto_explore_share == 0.2
 
 
 def test_the_operators_required_plan_reaches_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,9 +31,15 @@ def stream() -> Iterator[redis.Redis]:
 
 
 def _add(
-    client: redis.Redis, conversation: object | None, rounds_used: int, first: int | None, **extra: str
+    client: redis.Redis,
+    conversation: object | None,
+    rounds_used: int,
+    first: int | None,
+    granted: int = 8,
+    **extra: str,
 ) -> None:
     fields: dict[FieldT, EncodableT] = {
+        "rounds_granted": str(granted),
         "rounds_used": str(rounds_used),
         "first_harmful_round": "" if first is None else str(first),
         "outcome": "ok",
@@ -55,11 +61,20 @@ def test_entries_become_rows_or_are_skipped_for_a_reason(stream: redis.Redis) ->
     _add(stream, None, 8, None, messages="{broken")
     vector = extract(user, FeatureConfig())
     _add(stream, None, 2, 1, features=json.dumps(vector.to_json()))
+    _add(stream, user, 2, None, granted=2)  # no verdict in the 2 rounds granted, the rest unchecked
+    _add(stream, user, 1, None, granted=2)  # the answer ended after 1 of 2 rounds: all of it checked
     read = read_telemetry(REDIS_URL, max_rounds=8, batch=3)
-    labels = [(row.harmful, row.label_rounds, row.observed_first_harmful_round) for row in read.rows]
-    assert labels == [(True, 3, 3), (True, 8, 12), (False, 0, None), (True, 1, 1)]
-    assert read.rows[-1].features is not None
-    assert read.rows[-1].vector(FeatureConfig()).values.tolist() == vector.values.tolist()
+    labels = [(r.harmful, r.label_rounds, r.observed_first_harmful_round, r.censored_at) for r in read.rows]
+    assert labels == [
+        (True, 3, 3, None),
+        (True, 8, 12, None),
+        (False, 0, None, None),
+        (True, 1, 1, None),
+        (False, 0, None, 2),
+        (False, 0, None, None),
+    ]
+    assert read.rows[3].features is not None
+    assert read.rows[3].vector(FeatureConfig()).values.tolist() == vector.values.tolist()
     assert dict(read.skipped) == {
         "unobserved (no round ran)": 1,
         "no messages or features": 1,

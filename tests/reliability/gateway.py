@@ -22,6 +22,7 @@ from tests.support.vllm_stub import free_port
 
 QUIET = {
     "TWICE_SERVER__LOG_LEVEL": "warning",
+    "TWICE_PLAN__AUTO_EXPLORE_SHARE": "0",
     "TWICE_REDIS__ENABLED": "false",
     "TWICE_PLAYGROUND__ENABLED": "false",
 }

@@ -20,7 +20,13 @@ def running_gateway(
 ) -> Iterator[str]:
     """Start `twice serve` with `args` and yield its base URL once /health answers."""
     port = free_port()
-    full_env = {**os.environ, "TWICE_SERVER__LOG_LEVEL": "warning", **(env or {})}
+    # `auto` explores at random by default: pinned off so that tests see the predictor's choice.
+    full_env = {
+        **os.environ,
+        "TWICE_SERVER__LOG_LEVEL": "warning",
+        "TWICE_PLAN__AUTO_EXPLORE_SHARE": "0",
+        **(env or {}),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
         env=full_env,
