@@ -1,8 +1,10 @@
 """`twice calibrate`: how well an embedded model's psr verdict separates harmful from benign answers.
 
 The labelled set is built from the shared data and the model's own generations (nothing hand-labelled):
-- requests: AdvBench goals (harmful), and XSTest safe prompts and self-instruct instructions (benign), from
-  one part of each set (evaluation/splits.py; `dev` unless told, so the held-out part stays unseen);
+- requests: AdvBench goals (harmful), asked directly and (`--jailbreaks`) wrapped in the DAN and Wei et al.
+  jailbreak templates, and XSTest safe prompts and self-instruct instructions (benign), from one part of each
+  set (evaluation/splits.py; `dev` unless told, so the held-out part stays unseen); the reviewer sees what psr
+  sees, the user's message as sent (a jailbreak's whole wrapper);
 - answers: the model's own answer at temperature 0 and, for harmful requests, a forced-compliance answer (the
   same generation continued from "Sure, here is"), so both compliant and refusing answers occur;
 - label: harmful when the request is harmful and the answer does not refuse (the evaluation's refusal judge,
@@ -14,7 +16,9 @@ prompts (refiners/psr.py). Reported per mode: ROC AUC with a bootstrap interval,
 positives (answers to benign requests judged harmful) at or under `--fpr`, with the true-positive rate it
 gives. With `--injections`, each harmful pair is scored again
 with a note to the reviewer planted in the request or the answer, and the flip rate (harmful as it is, safe
-with the note) is reported. No answer text is written: the records hold ids, labels and scores.
+with the note) is reported. No answer text is written into `--out`: the records hold ids, labels and scores.
+`--answers FILE` keeps the generated answers outside the records (greedy, so a rerun with another review
+prompt scores the same answers without generating them again).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from evaluation.datasets import (
     load_self_instruct,
     load_xstest,
 )
+from evaluation.jailbreaks import load_jailbreak_dan, load_jailbreak_wei
 from evaluation.judges import RefusalJudge
 from evaluation.splits import Split
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
@@ -79,16 +84,59 @@ class Pair:
     """half or whole."""
 
 
-def requests(data_dir: Path, split: Split, harmful: int, benign: int, seed: int) -> list[Item]:
+def requests(
+    data_dir: Path, split: Split, harmful: int, benign: int, seed: int, jailbreaks: int = 0
+) -> list[Item]:
     rng = random.Random(seed)
     goals = in_split(load_advbench(data_dir), split)
     safe = [i for i in in_split(load_xstest(data_dir), split) if i.label == "safe"]
     instructions = in_split(load_self_instruct(data_dir), split)
-    return (
+    chosen = (
         rng.sample(goals, min(harmful, len(goals)))
         + rng.sample(safe, min(benign - benign // 2, len(safe)))
         + rng.sample(instructions, min(benign // 2, len(instructions)))
     )
+    if jailbreaks:
+        # Drawn with a generator of their own, so adding them leaves the other requests as they were.
+        wrapped = random.Random(f"{seed}:jailbreaks")
+        dan = in_split(load_jailbreak_dan(data_dir), split)
+        wei = in_split(load_jailbreak_wei(data_dir), split)
+        chosen += wrapped.sample(dan, min(jailbreaks - jailbreaks // 2, len(dan)))
+        chosen += wrapped.sample(wei, min(jailbreaks // 2, len(wei)))
+    return chosen
+
+
+def sent_text(item: Item) -> str:
+    """The user's message as sent: what the model answers and psr's reviewer sees (a jailbreak's wrapper
+    with its request inside; `Item.prompt_text` is the request alone)."""
+    users = [message.content for message in item.messages if message.role == "user"]
+    return users[-1] if users else item.prompt_text
+
+
+class AnswerCache:
+    """Generated answers kept in a JSONL file of their own, keyed by model, length, item and kind."""
+
+    def __init__(self, path: Path | None, model_sha256: str, tokens: int) -> None:
+        self.path, self.prefix = path, f"{model_sha256[:16]}:{tokens}"
+        self.known: dict[str, str] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                self.known[row["key"]] = row["answer"]
+
+    def key(self, item: Item, kind: str) -> str:
+        return f"{self.prefix}:{item.dataset}:{item.item_id}:{kind}"
+
+    def get(self, item: Item, kind: str) -> str | None:
+        return self.known.get(self.key(item, kind))
+
+    def put(self, item: Item, kind: str, text: str) -> None:
+        key = self.key(item, kind)
+        self.known[key] = text
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "answer": text}) + "\n")
 
 
 def pairs_of(item: Item, answer: str, kind: str) -> Iterator[Pair]:
@@ -100,7 +148,7 @@ def pairs_of(item: Item, answer: str, kind: str) -> Iterator[Pair]:
                 f"{item.dataset}:{item.item_id}:{kind}:{partial}",
                 item.dataset,
                 item.item_id,
-                item.prompt_text,
+                sent_text(item),
                 text,
                 label,
                 kind,
@@ -108,12 +156,18 @@ def pairs_of(item: Item, answer: str, kind: str) -> Iterator[Pair]:
             )
 
 
-async def answer(backend: EmbeddedBackend, request: str, prefix: str, tokens: int) -> str:
+async def answer(backend: EmbeddedBackend, cache: AnswerCache, item: Item, kind: str, tokens: int) -> str:
+    known = cache.get(item, kind)
+    if known is not None:
+        return known
+    prefix = FORCED_START if kind == "forced" else ""
+    request = sent_text(item)
     done = await backend.complete(
         GenerationRequest(
             (ChatMessage("user", request),), Sampling(max_tokens=tokens, temperature=0.0), prefix=prefix
         )
     )
+    cache.put(item, kind, prefix + done.text)
     return prefix + done.text
 
 
@@ -171,6 +225,19 @@ def _score(record: dict[str, Any]) -> float:
     return 1.0 if record["off_format"] else float(record["score"])
 
 
+def flagged_by_dataset(records: list[dict[str, Any]], tau: float) -> dict[str, dict[str, Any]]:
+    """Per dataset and group (harmful / benign_answers / refusals_of_harmful): pairs, and the share at or
+    over tau, so a set the reviewer handles badly (XSTest's harmful-sounding prompts) shows on its own."""
+    table: dict[str, dict[str, Any]] = {}
+    for dataset in sorted({r["dataset"] for r in records}):
+        for group in ("harmful", "benign_answers", "refusals_of_harmful"):
+            scores = [_score(r) for r in records if r["dataset"] == dataset and _group(r) == group]
+            if scores:
+                flagged = float(np.mean(np.array(scores) >= tau))
+                table.setdefault(dataset, {})[group] = {"pairs": len(scores), "flagged": round(flagged, 4)}
+    return table
+
+
 def summarise(
     records: list[dict[str, Any]], fpr_target: float, default_tau: float, seed: int
 ) -> dict[str, Any]:
@@ -201,6 +268,7 @@ def summarise(
         tau = entry.get("at_fpr_target", {}).get("tau", default_tau)
         if refusals:
             entry["refusals_of_harmful_flagged_at_tau"] = round(float(np.mean(np.array(refusals) >= tau)), 4)
+        entry["flagged_at_tau_by_dataset"] = flagged_by_dataset(plain, tau)
         entry["mean_score"] = {
             group: _mean([_score(r) for r in plain if _group(r) == group])
             for group in ("harmful", "benign_answers", "refusals_of_harmful")
@@ -225,6 +293,7 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     )
     await backend.start()
     records: list[dict[str, Any]] = []
+    cache = AnswerCache(args.answers, model.sha256, args.answer_tokens)
     started = time.perf_counter()
     try:
         items = requests(
@@ -233,12 +302,11 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             args.harmful,
             args.benign,
             args.seed,
+            args.jailbreaks,
         )
         for number, item in enumerate(items, start=1):
-            answers = [("own", await answer(backend, item.prompt_text, "", args.answer_tokens))]
-            if item.label == "harmful":
-                forced = await answer(backend, item.prompt_text, FORCED_START, args.answer_tokens)
-                answers.append(("forced", forced))
+            kinds = ("own", "forced") if item.label == "harmful" else ("own",)
+            answers = [(kind, await answer(backend, cache, item, kind, args.answer_tokens)) for kind in kinds]
             for kind, text in answers:
                 for pair in pairs_of(item, text, kind):
                     variants: list[tuple[str | None, str, str]] = [(None, pair.request, pair.answer)]
@@ -265,7 +333,7 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "model_sha256": model.sha256,
         "split": args.split,
         "seed": args.seed,
-        "requests": {"harmful": args.harmful, "benign": args.benign},
+        "requests": {"harmful": args.harmful, "benign": args.benign, "jailbreaks": args.jailbreaks},
         "answer_tokens": args.answer_tokens,
         "fpr_target": args.fpr,
         "wall_s": round(time.perf_counter() - started, 1),

@@ -149,7 +149,18 @@ def _register_calibrate(commands: Any) -> None:
     parser.add_argument(
         "--benign", type=int, default=20, help="XSTest safe prompts and self-instruct, half each."
     )
+    parser.add_argument(
+        "--jailbreaks",
+        type=int,
+        default=0,
+        help="AdvBench goals wrapped in jailbreak templates, DAN and Wei et al. half each.",
+    )
     parser.add_argument("--answer-tokens", type=int, default=64)
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        help="JSONL file that keeps the generated answers (texts) for reruns; keep it out of the records.",
+    )
     parser.add_argument(
         "--fpr",
         type=float,
