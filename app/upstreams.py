@@ -27,14 +27,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import aiohttp
-
 from app.settings import VllmSettings
 
 log = logging.getLogger("twice.upstreams")
 
 __all__ = [
     "AffinityTracker",
+    "HealthCheck",
     "Resolver",
     "Upstream",
     "UpstreamObserver",
@@ -51,6 +50,9 @@ keys are the ones that matter; older ones fall out instead of growing without bo
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """Host and port to the IP addresses serving it (an injectable seam, so tests need no DNS server)."""
+
+HealthCheck = Callable[[str], Awaitable[bool]]
+"""An upstream's URL to whether it answers `GET /health` now (the vLLM client's `Transport.healthy`)."""
 
 
 class UpstreamObserver(Protocol):
@@ -175,16 +177,14 @@ class UpstreamPool:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        """Resolve, probe every upstream once (so a dead one takes no traffic from the start), then keep
-        checking in the background."""
+    async def start(self, check: HealthCheck) -> None:
+        """Resolve, probe every upstream once with `check` (so a dead one takes no traffic from the start),
+        then keep checking in the background."""
         if not self.checking:
             return
         await self._refresh_dns()
-        await asyncio.gather(
-            *(self._probe_initial(session, member) for member in list(self._members.values()))
-        )
-        self._task = asyncio.create_task(self._watch(session), name="twice-upstream-health")
+        await asyncio.gather(*(self._probe_initial(check, member) for member in list(self._members.values())))
+        self._task = asyncio.create_task(self._watch(check), name="twice-upstream-health")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -256,23 +256,14 @@ class UpstreamPool:
             log.warning("vLLM upstream %s is %s", member.url, "back" if healthy else "out of the pool")
         self._observer.health(member.url, healthy, changed=changed)
 
-    async def _check(self, session: aiohttp.ClientSession, member: Upstream) -> bool:
-        timeout = aiohttp.ClientTimeout(total=self._settings.health_timeout_s)
-        try:
-            async with session.get(member.url + "/health", timeout=timeout) as response:
-                await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    async def _probe_initial(self, session: aiohttp.ClientSession, member: Upstream) -> None:
-        ok = await self._check(session, member)
+    async def _probe_initial(self, check: HealthCheck, member: Upstream) -> None:
+        ok = await check(member.url)
         member.failures, member.successes = (0, 1) if ok else (1, 0)
         member.healthy = ok
         self._observer.health(member.url, ok, changed=False)
 
-    async def _probe(self, session: aiohttp.ClientSession, member: Upstream) -> None:
-        ok = await self._check(session, member)
+    async def _probe(self, check: HealthCheck, member: Upstream) -> None:
+        ok = await check(member.url)
         if member.url not in self._members:
             return  # DNS dropped it while the check was out
         if ok:
@@ -312,12 +303,12 @@ class UpstreamPool:
             self._observer.forget(url)
             log.info("vLLM upstream %s no longer resolves", url)
 
-    async def _watch(self, session: aiohttp.ClientSession) -> None:
+    async def _watch(self, check: HealthCheck) -> None:
         while True:
             await asyncio.sleep(self._settings.health_interval_s)
             if time.monotonic() - self._resolved_at >= self._settings.dns_refresh_s:
                 await self._refresh_dns()
             try:
-                await asyncio.gather(*(self._probe(session, m) for m in list(self._members.values())))
+                await asyncio.gather(*(self._probe(check, m) for m in list(self._members.values())))
             except Exception:  # keep checking whatever one round did; a dead watcher would freeze the pool
                 log.exception("upstream health round failed")

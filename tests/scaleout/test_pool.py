@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 
 from app.backends.vllm import VllmBackend
+from app.backends.vllm.transport import Transport
 from app.settings import VllmSettings
 from app.upstreams import UpstreamPool
 from refiners.backend import BackendUnavailable, ChatMessage, GenerationRequest, Sampling
@@ -57,6 +58,19 @@ def settings(urls: list[str], **overrides: float) -> VllmSettings:
     """Health checks rare unless overridden, and no retries: only the pool's own moves save a call."""
     chosen: dict[str, float] = {"health_interval_s": 60.0, "retries": 0, **overrides}
     return VllmSettings(upstreams=urls, model="stub-model", **chosen)
+
+
+@asynccontextmanager
+async def checking(pool: UpstreamPool, with_settings: VllmSettings) -> AsyncIterator[None]:
+    """`pool` started, health-checked by the vLLM client's own check, until the block ends."""
+    transport = Transport(with_settings, pool)
+    await transport.start()
+    try:
+        await pool.start(transport.healthy)
+        yield
+    finally:
+        await pool.close()
+        await transport.close()
 
 
 async def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -125,30 +139,25 @@ async def test_a_refused_call_moves_the_rest_of_the_request_and_counts_one_break
 
 async def test_health_checks_take_a_replica_out_and_bring_it_back() -> None:
     with replicas(2) as (steady, flaky):
-        pool = UpstreamPool(
-            settings([steady.url, flaky.url], health_interval_s=0.05, unhealthy_after=2, healthy_after=3)
-        )
+        chosen = settings([steady.url, flaky.url], health_interval_s=0.05, unhealthy_after=2, healthy_after=3)
+        pool = UpstreamPool(chosen)
         observer = RecordingObserver()
         pool.observe(observer)
-        async with aiohttp.ClientSession() as session:
-            await pool.start(session)
-            try:
-                assert observer.state == {steady.url: True, flaky.url: True}
-                flaky.stop()
-                await wait_for(lambda: not observer.state[flaky.url])
-                assert pool.report()["healthy"] == 1
-                assert pool.pick("any-key").url == steady.url
-                flaky.start()
-                await wait_for(lambda: observer.state[flaky.url])
-                assert observer.changes == [(flaky.url, False), (flaky.url, True)]
-                assert pool.report() == {
-                    "mode": "list",
-                    "healthy": 2,
-                    "total": 2,
-                    "upstreams": {steady.url: "up", flaky.url: "up"},
-                }
-            finally:
-                await pool.close()
+        async with checking(pool, chosen):
+            assert observer.state == {steady.url: True, flaky.url: True}
+            flaky.stop()
+            await wait_for(lambda: not observer.state[flaky.url])
+            assert pool.report()["healthy"] == 1
+            assert pool.pick("any-key").url == steady.url
+            flaky.start()
+            await wait_for(lambda: observer.state[flaky.url])
+            assert observer.changes == [(flaky.url, False), (flaky.url, True)]
+            assert pool.report() == {
+                "mode": "list",
+                "healthy": 2,
+                "total": 2,
+                "upstreams": {steady.url: "up", flaky.url: "up"},
+            }
 
 
 async def test_dns_discovery_adds_checks_and_drops_addresses() -> None:
@@ -163,37 +172,31 @@ async def test_dns_discovery_adds_checks_and_drops_addresses() -> None:
                 raise answer
             return answer
 
-        pool = UpstreamPool(
-            VllmSettings(
-                upstreams_dns=f"vllm-headless.test:{replica.port}",
-                health_interval_s=0.05,
-                dns_refresh_s=0.05,
-                unhealthy_after=1,
-                healthy_after=1,
-            ),
-            resolver=resolver,
+        chosen = VllmSettings(
+            upstreams_dns=f"vllm-headless.test:{replica.port}",
+            health_interval_s=0.05,
+            dns_refresh_s=0.05,
+            unhealthy_after=1,
+            healthy_after=1,
         )
+        pool = UpstreamPool(chosen, resolver=resolver)
         observer = RecordingObserver()
         pool.observe(observer)
         other = f"http://127.0.0.2:{replica.port}"  # nothing listens there: discovered, never healthy
-        async with aiohttp.ClientSession() as session:
-            await pool.start(session)
-            try:
-                assert pool.report()["mode"] == "dns"
-                assert pool.urls == [replica.url]
-                assert pool.healthy_count() == 1
-                answers[0] = ["127.0.0.1", "127.0.0.2"]
-                await wait_for(lambda: other in pool.urls)
-                await asyncio.sleep(0.3)
-                assert pool.report()["upstreams"] == {replica.url: "up", other: "down"}
-                answers[0] = OSError("temporary failure in name resolution")
-                await asyncio.sleep(0.2)
-                assert sorted(pool.urls) == sorted([replica.url, other])
-                answers[0] = ["127.0.0.2"]
-                await wait_for(lambda: pool.urls == [other])
-                assert observer.forgotten == [replica.url]
-            finally:
-                await pool.close()
+        async with checking(pool, chosen):
+            assert pool.report()["mode"] == "dns"
+            assert pool.urls == [replica.url]
+            assert pool.healthy_count() == 1
+            answers[0] = ["127.0.0.1", "127.0.0.2"]
+            await wait_for(lambda: other in pool.urls)
+            await asyncio.sleep(0.3)
+            assert pool.report()["upstreams"] == {replica.url: "up", other: "down"}
+            answers[0] = OSError("temporary failure in name resolution")
+            await asyncio.sleep(0.2)
+            assert sorted(pool.urls) == sorted([replica.url, other])
+            answers[0] = ["127.0.0.2"]
+            await wait_for(lambda: pool.urls == [other])
+            assert observer.forgotten == [replica.url]
 
 
 async def test_concurrent_first_requests_ask_vllm_for_its_models_once() -> None:
@@ -217,8 +220,8 @@ async def test_no_upstream_known_is_a_backend_unavailable() -> None:
     async def nothing(host: str, port: int) -> list[str]:
         return []  # a stand-in for DNS answering with no address
 
-    backend = VllmBackend(VllmSettings(upstreams_dns="vllm-headless.test:8000", model="stub-model"))
-    backend._pool = UpstreamPool(backend._settings, resolver=nothing)
+    chosen = VllmSettings(upstreams_dns="vllm-headless.test:8000", model="stub-model")
+    backend = VllmBackend(chosen, pool=UpstreamPool(chosen, resolver=nothing))
     await backend.start()
     try:
         assert not await backend.check_ready()
