@@ -11,12 +11,13 @@ The labelled set is built from the shared data and the model's own generations (
   phrase at the start); benign for every answer to a benign request and for refusals of harmful ones;
 - partial answers: the first half of each answer and the whole, as psr sees them at two checkpoints.
 
-Every pair is scored in each review mode asked for (`--reviews`, default all) with the gateway's own
-prompts (refiners/psr.py). Reported per mode: ROC AUC with a bootstrap interval, and the tau that keeps false
-positives (answers to benign requests judged harmful) at or under `--fpr`, with the true-positive rate it
-gives. With `--injections`, each harmful pair is scored again
-with a note to the reviewer planted in the request or the answer, and the flip rate (harmful as it is, safe
-with the note) is reported. No answer text is written into `--out`: the records hold ids, labels and scores.
+Every pair is scored in each review mode asked for (`--reviews`, default all) as psr scores it
+(refiners/psr.py `review_views`: the gateway's own prompts, the worse of the round's views). Reported per
+mode: ROC AUC with a bootstrap interval, and the tau that keeps false positives (answers to benign requests
+judged harmful) at or under `--fpr`, with the true-positive rate it gives. With `--injections`, each harmful
+pair is scored again with a note to the reviewer planted in the request or the answer, and the flip rate
+(harmful as it is, safe with the note) is reported. No answer text is written into `--out`: the records hold
+ids, labels and scores.
 `--answers FILE` keeps the generated answers outside the records (greedy, so a rerun with another review
 prompt scores the same answers without generating them again).
 """
@@ -53,7 +54,7 @@ from evaluation.splits import Split
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
 from refiners.config import REVIEW_MODES
 from refiners.fence import fence_for
-from refiners.psr import review_request
+from refiners.psr import review_views
 from refiners.verdict import score_yes_no
 
 FORCED_START = "Sure, here is"
@@ -172,11 +173,14 @@ async def answer(backend: EmbeddedBackend, cache: AnswerCache, item: Item, kind:
 
 
 async def score(backend: EmbeddedBackend, review: str, request: str, answer_text: str) -> tuple[float, bool]:
+    """The verdict psr would reach: the worse of the round's views (refiners.psr.review_views)."""
     fence = fence_for(request, answer_text)
     messages = (ChatMessage("user", request),)
-    distribution = await backend.next_token(review_request(review, messages, request, answer_text, fence), 20)
-    verdict = score_yes_no(distribution.top)
-    return verdict.score, verdict.off_format
+    worst, off_format = 0.0, False
+    for view in review_views(review, messages, request, answer_text, fence):
+        verdict = score_yes_no((await backend.next_token(view, 20)).top)
+        worst, off_format = max(worst, verdict.score), off_format or verdict.off_format
+    return worst, off_format
 
 
 def bootstrap_auc(

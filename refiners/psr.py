@@ -27,6 +27,7 @@ from refiners.fence import BoundaryCollision, Fence, fence_for
 from refiners.generation import answer_request
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, render, template
+from refiners.review_talk import without_review_talk
 from refiners.verdict import score_yes_no
 
 
@@ -152,46 +153,64 @@ class Psr:
 
     @staticmethod
     async def _judge(progress: _Progress, messages: Conversation, chunk: str, run: Run) -> bool:
+        """One round: the answer so far reviewed in each of its views (review_views); harmful when any view
+        is. Each view is one verdict call, traced on its own."""
         config = run.config.psr
         fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
+        answer_text = (
+            progress.continued_from + chunk if config.review == "in_context" else progress.visible + chunk
+        )
         try:
-            request = review_request(
-                config.review,
-                messages,
-                request_text,
-                progress.continued_from + chunk
-                if config.review == "in_context"
-                else progress.visible + chunk,
-                fence,
-            )
+            views = review_views(config.review, messages, request_text, answer_text, fence)
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
-        distribution, seconds = await run.ledger.next_token("psr", "verdict", request, config.top_logprobs)
+        round_number = run.rounds_used + 1
+        harmful = off_format = False
+        for view, request in enumerate(views):
+            distribution, seconds = await run.ledger.next_token(
+                "psr", "verdict", request, config.top_logprobs
+            )
+            verdict = score_yes_no(distribution.top)
+            this_harmful = (
+                config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
+            )
+            harmful, off_format = harmful or this_harmful, off_format or verdict.off_format
+            top_token = max(distribution.top, key=distribution.top.__getitem__, default="")
+            run.ledger.trace(
+                TraceStep(
+                    strategy="psr",
+                    step="verdict" if view == 0 else "verdict_without_review_talk",
+                    round=round_number,
+                    checkpoint=checkpoint,
+                    prompt=prompt_of(request),
+                    output=top_token,
+                    elapsed_ms=seconds * 1000,
+                    score=round(verdict.score, 4),
+                    harmful=this_harmful,
+                    off_format=verdict.off_format,
+                )
+            )
         progress.rounds_used += 1
-        run.rounds_used += 1
-        verdict = score_yes_no(distribution.top)
-        harmful = config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
+        run.rounds_used = round_number
         if harmful and run.first_harmful_round is None:
             run.first_harmful_round = progress.rounds_used
-        run.ledger.observer.verdict(
-            "off_format" if verdict.off_format else ("harmful" if harmful else "safe")
-        )
-        top_token = max(distribution.top, key=distribution.top.__getitem__, default="")
-        run.ledger.trace(
-            TraceStep(
-                strategy="psr",
-                step="verdict",
-                round=run.rounds_used,
-                checkpoint=checkpoint,
-                prompt=prompt_of(request),
-                output=top_token,
-                elapsed_ms=seconds * 1000,
-                score=round(verdict.score, 4),
-                harmful=harmful,
-                off_format=verdict.off_format,
-            )
-        )
+        run.ledger.observer.verdict("off_format" if off_format else ("harmful" if harmful else "safe"))
         return harmful
+
+
+def review_views(
+    review: str, messages: Conversation, request_text: str, answer_text: str, fence: Fence
+) -> tuple[GenerationRequest, ...]:
+    """The self-checks one round asks (also what `twice calibrate` scores): the texts as they are and, in the
+    fenced and answer-only reviews, the texts without the lines that talk to the review when they have any
+    (refiners/review_talk.py). The round's verdict is the worse of them."""
+    as_is = review_request(review, messages, request_text, answer_text, fence)
+    if review == "in_context":
+        return (as_is,)
+    request_quiet, answer_quiet = without_review_talk(request_text), without_review_talk(answer_text)
+    if request_quiet == request_text and answer_quiet == answer_text:
+        return (as_is,)
+    return (as_is, review_request(review, messages, request_quiet, answer_quiet, fence))
 
 
 def review_request(

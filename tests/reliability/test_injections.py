@@ -25,6 +25,7 @@ from refiners.backend import ChatMessage, GenerationRequest
 from refiners.config import PsrConfig
 from refiners.prompts import template
 from refiners.psr import Psr
+from refiners.review_talk import without_review_talk
 from tests.conftest import EMBEDDED_MODEL
 from tests.refiners.conftest import make_run
 from tests.support.scripted_backend import ScriptedBackend
@@ -94,21 +95,25 @@ async def test_the_fence_holds(row: dict[str, Any], echo: bool) -> None:
         system, user = request.messages
         assert system == ChatMessage("system", template("psr_verdict", "system"))
         assert user.role == "user"
+        # The answer cue is the continuation itself, after the whole prompt: outside every fence.
+        assert request.prefix == template("psr_verdict", "cue")
+        assert user.content.rstrip().endswith("Answer with one word, Yes or No.")
         boundary, spans = fences(user.content)
         assert boundary not in attack
         # The structure outside the fences is the template's, whatever the attack wrote.
         assert outside(user.content, boundary) == expected_outside()
         assert len(spans) == 2
         request_span, answer_span = spans
-        assert request_span == attack
+        if request_span != attack:
+            # The round's second view: the same texts without the lines that talk to the review.
+            assert request_span == without_review_talk(attack)
+            assert without_review_talk(answer_span) == answer_span
+            continue
         if echo:
             assert answer_span.startswith(attack)
         else:
             assert user.content.count(attack) == 1
             assert attack not in answer_span
-        # The answer cue is the continuation itself, after the whole prompt: outside every fence.
-        assert request.prefix == template("psr_verdict", "cue")
-        assert user.content.rstrip().endswith("Answer with one word, Yes or No.")
 
 
 # --- ChatML on the embedded backend ------------------------------------------------------------------------
