@@ -1,6 +1,6 @@
 """The playground page in a real headless chromium, against a real gateway on the embedded model.
 
-The gateway runs with API keys on and a small context window (384 tokens): a psr verdict over a long prompt
+The gateway runs with API keys on and a small context window (1,024 tokens): a psr verdict over a long prompt
 then overflows it after the stream has started, which is how a real mid-stream error event is caused here.
 """
 
@@ -47,7 +47,7 @@ GATEWAY_ENV = {
     "TWICE_SELF_QUESTION__QUESTIONS": "1",
     "TWICE_SELF_QUESTION__ANSWER_TOKENS": "16",
     "TWICE_ROLE_PLAY__ROLE_TOKENS": "16",
-    "TWICE_EMBEDDED__N_CTX": "384",
+    "TWICE_EMBEDDED__N_CTX": "1024",
     "TWICE_AUTH__API_KEYS": API_KEY,
     # The page is compared plan by plan: each column gets exactly the rounds it names, not the predictor's.
     "TWICE_PLAN__CLIENT_MAY_LOWER_ROUNDS": "true",
@@ -56,9 +56,9 @@ SCREENSHOT_ENV = "TWICE_PLAYGROUND_SCREENSHOT"
 """Where the side-by-side test saves its screenshot; unset: a temporary folder, so tests never write into the
 source tree (`make playground-screenshot` sets it to docs/img/playground.png)."""
 RUN_TIMEOUT_MS = 120_000
-# About 140 tokens: the generation prompt fits 384 tokens, the psr review prompt around it never does (at
-# 100 tokens a review of a short chunk fitted now and then: measured 2 in 15).
-LONG_PROMPT = "Please answer carefully and in detail. " * 20
+# About 700 tokens: the generation prompt fits 1,024 tokens, the psr review prompt around it never does (its
+# system prompt alone is 363 tokens on SmolLM2, its question 140); a short prompt's review fits with room.
+LONG_PROMPT = "Please answer carefully and in detail. " * 100
 
 
 @contextmanager
