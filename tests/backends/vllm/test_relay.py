@@ -194,8 +194,9 @@ async def test_closing_the_events_early_closes_the_upstream_call(
     assert relayed.events is not None
     assert b" t0" in await anext(relayed.events)
     await relayed.events.aclose()
+    # An earlier test's aborted call may be recorded late, so look for this one among the new entries.
     for _ in range(100):
-        if len(faults.aborted) > aborted:
+        if "slow_stream" in faults.aborted[aborted:]:
             break
         await asyncio.sleep(0.02)
-    assert faults.aborted[aborted:] == ["slow_stream"]
+    assert "slow_stream" in faults.aborted[aborted:]
