@@ -1,0 +1,60 @@
+"""The pipeline on the scripted backend (tests/support/scripted_backend.py, a documented fake)."""
+
+from __future__ import annotations
+
+from refiners.base import Finished, TextPiece, collect
+from refiners.config import PsrConfig, RefinerConfig
+from refiners.pipeline import run_plan
+from refiners.registry import build_strategies
+from tests.refiners.conftest import make_run
+from tests.support.scripted_backend import ScriptedBackend
+
+
+async def test_pipeline_runs_stages_in_canonical_order() -> None:
+    backend = ScriptedBackend(
+        answer_words=6,
+        texts=["You are an expert.", "1. Why is it?", "Because.", "w1 w2", "VERDICT: OK"],
+    )
+    run = make_run(backend, rounds=0)
+    strategies = build_strategies(RefinerConfig())
+    events = [
+        e async for e in run_plan(["self_refine", "psr", "self_question", "role_play"], strategies, run)
+    ]
+    purposes = [(s.strategy, s.step) for s in run.ledger.steps]
+    assert purposes == [
+        ("role_play", "role"),
+        ("self_question", "questions"),
+        ("self_question", "answer"),
+        ("generate", "generate"),
+        ("self_refine", "feedback"),
+    ]
+    assert events[-1] == Finished("stop", 2)
+    assert [e.text for e in events if isinstance(e, TextPiece)] == ["w1 w2"]
+    system = backend.requests[3].messages[0]
+    assert system.content.startswith("You are an expert.")
+    assert "Q1: Why is it?" in system.content
+
+
+async def test_pipeline_guards_self_refine_rewrites_with_psr() -> None:
+    backend = ScriptedBackend(
+        answer_words=4, texts=["w1 w2", "VERDICT: REVISE\n- x"], verdicts=[0.0, 0.99, 0.99]
+    )
+    run = make_run(backend, rounds=4, psr=PsrConfig(chunk_tokens=8))
+    strategies = build_strategies(RefinerConfig())
+    answer = await collect(run_plan(["psr", "self_refine"], strategies, run))
+    # The rewrite was refused by psr, so the draft that passed its check is kept.
+    assert answer.finish_reason != "content_filter"
+    assert len(backend.verdict_requests) == 3
+
+
+async def test_each_self_refine_rewrite_gets_psr_rounds_of_its_own() -> None:
+    """With one round, the draft spends it; the rewrite is still checked (and here refused), never sent
+    unchecked."""
+    backend = ScriptedBackend(answer_words=4, texts=["w1 w2", "VERDICT: REVISE\n- x"], verdicts=[0.0, 0.99])
+    run = make_run(backend, rounds=1, psr=PsrConfig(chunk_tokens=8))
+    strategies = build_strategies(RefinerConfig())
+    answer = await collect(run_plan(["psr", "self_refine"], strategies, run))
+    assert len(backend.verdict_requests) == 2
+    assert run.rounds_used == 2
+    assert answer.text == "w1 w2"
+    assert answer.finish_reason == "stop"
