@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
 from refiners.base import Context, Conversation, Finished, GenerationEvent, TextPiece, last_user_text
 from refiners.fence import BoundaryCollision, Fence, fence_for
-from refiners.generation import answer_request
+from refiners.generation import answer_request, stream_answer
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, render, template
 from refiners.review_talk import without_review_talk
@@ -126,32 +126,24 @@ class Psr:
         if chunk.finish_reason == "stop" or final:
             yield Finished(chunk.finish_reason, progress.visible_tokens)
 
-    async def _unchecked_rest(
+    def _unchecked_rest(
         self, messages: Conversation, remaining: int, progress: _Progress, context: Context
     ) -> AsyncIterator[GenerationEvent]:
-        """The rounds are spent and every verdict was safe: the rest streams as it is generated. Running out
-        of calls or time here fails closed like every other step of psr."""
+        """The rounds are spent and every verdict was safe: the rest streams as plain generation does.
+        Running out of calls or time here fails closed like every other step of psr."""
         sampling = replace(context.request.sampling, max_tokens=remaining)
         request = (
             GenerationRequest(messages, sampling, prefix=progress.continued_from, extra=context.request.extra)
             if progress.continued_from
             else answer_request(messages, sampling, context.request.extra)
         )
-        visible = progress.visible
-        finish = Finished("length", progress.visible_tokens)
-        try:
-            async for chunk in context.ledger.stream("generate", "generate", request):
-                if chunk.text:
-                    visible += chunk.text
-                    yield TextPiece(chunk.text)
-                if chunk.finish_reason is not None:
-                    generated = chunk.usage.completion_tokens if chunk.usage else 0
-                    finish = Finished(chunk.finish_reason, progress.visible_tokens + generated)
-        except BudgetExhausted:
-            for event in self._out_of_budget(context, visible, progress.visible_tokens):
-                yield event
-            return
-        yield finish
+        return stream_answer(
+            request,
+            context.ledger,
+            visible=progress.visible,
+            visible_tokens=progress.visible_tokens,
+            on_budget_spent=lambda visible, tokens: self._out_of_budget(context, visible, tokens),
+        )
 
     async def _judge(self, progress: _Progress, messages: Conversation, chunk: str, context: Context) -> bool:
         """One round: the answer so far reviewed in each of its views (review_views); harmful when any view
