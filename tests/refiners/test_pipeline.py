@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from refiners.base import Finished, TextPiece, collect
 from refiners.config import PsrConfig, RefinerConfig
-from refiners.pipeline import run_plan
+from refiners.ledger import NullObserver
+from refiners.pipeline import Steps, make_steps, run_plan
 from refiners.registry import build_strategies
 from tests.refiners.conftest import make_run
 from tests.support.scripted_backend import ScriptedBackend
@@ -58,3 +61,52 @@ async def test_each_self_refine_rewrite_gets_psr_rounds_of_its_own() -> None:
     assert run.rounds_used == 2
     assert answer.text == "w1 w2"
     assert answer.finish_reason == "stop"
+
+
+def test_a_plan_is_made_into_steps_by_stage_in_canonical_order() -> None:
+    steps = make_steps(
+        ["self_refine", "psr", "role_play", "self_question"],
+        build_strategies(RefinerConfig()),
+        RefinerConfig(),
+        2,
+    )
+    assert [s.name for s in steps.shapers] == ["role_play", "self_question"]
+    assert steps.guard is not None
+    assert steps.guard.name == "psr"
+    assert [e.name for e in steps.editors] == ["self_refine"]
+    assert make_steps([], build_strategies(RefinerConfig()), RefinerConfig(), 2) == Steps()
+
+
+@pytest.mark.parametrize("plan", [[], ["psr"]])
+async def test_backend_fields_reach_the_answer_calls_and_never_the_self_checks(plan: list[str]) -> None:
+    backend = ScriptedBackend(answer_words=12)
+    run = make_run(backend, rounds=1, psr=PsrConfig(chunk_tokens=4, final_check=False))
+    run.extra = {"top_k": 7}
+    await collect(run_plan(plan, build_strategies(RefinerConfig()), run))
+    assert [dict(r.extra) for r in backend.requests] == [{"top_k": 7}] * len(backend.requests)
+    assert all(not r.extra for r in backend.verdict_requests)
+
+
+async def test_a_shaper_changes_what_is_answered_not_what_is_reviewed() -> None:
+    """psr fences the client's own request, not the conversation a shaper made of it."""
+    backend = ScriptedBackend(answer_words=8, texts=["You are a careful botanist who explains."])
+    run = make_run(backend, rounds=1)
+    await collect(run_plan(["role_play", "psr"], build_strategies(RefinerConfig()), run))
+    assert backend.requests[1].messages[0].content.startswith("You are a careful botanist")
+    review = backend.verdict_requests[0].messages[-1].content
+    assert "Explain photosynthesis." in review
+    assert "botanist" not in review
+
+
+async def test_each_step_is_timed_under_its_name() -> None:
+    timed: list[str] = []
+
+    class Timing(NullObserver):
+        def strategy_time(self, strategy: str, seconds: float) -> None:
+            timed.append(strategy)
+
+    backend = ScriptedBackend(answer_words=4, texts=["1. Why?", "Because.", "w1 w2", "VERDICT: OK"])
+    run = make_run(backend, rounds=0)
+    run.ledger.observer = Timing()
+    await collect(run_plan(["self_question", "self_refine"], build_strategies(RefinerConfig()), run))
+    assert timed == ["self_question", "generate", "self_refine"]

@@ -23,3 +23,18 @@ async def test_role_play_sets_the_role_and_caches_it_by_question() -> None:
     assert await role_play_for(again, roles).shape(again.messages, context_of(again)) == shaped
     assert again.ledger.calls == 0
     assert [s.output for s in again.ledger.steps if s.step == "role"] == [shaped[0].content]
+
+
+def test_the_role_cache_drops_the_least_recently_used_role() -> None:
+    roles = RoleCache(2)
+    roles.put("a", "role a")
+    roles.put("b", "role b")
+    assert roles.get("a") == "role a"  # now the most recent
+    roles.put("c", "role c")
+    assert (roles.get("a"), roles.get("b"), roles.get("c")) == ("role a", None, "role c")
+
+
+def test_a_role_cache_of_size_zero_keeps_nothing() -> None:
+    roles = RoleCache(0)
+    roles.put("a", "role a")
+    assert roles.get("a") is None
