@@ -1,18 +1,21 @@
-"""What a strategy is, and what it is handed.
+"""What a strategy is, what it is handed, and what it reports.
 
 A strategy plays one of three parts in the canonical pipeline (DESIGN §4):
 - a `Shaper` changes what the model is asked (role_play, self_question);
 - a `Guard` generates the answer and vets it as it goes (psr);
 - an `Editor` improves a finished answer (self_refine); its rewrites are generated through the guard.
 
-Each gets a `Run`: the request's conversation and sampling, the granted psr rounds, the strategy settings,
-and the `Ledger` through which every backend call goes.
+The worker keeps one `Strategy` of each kind (refiners/registry.py); for each request it makes the step that
+runs, with that request's settings (refiners/settings.py), frozen. A step is handed a `Context`: the client's
+`Request` (frozen, so no step can change what the next one sees), the `Ledger` through which every backend
+call goes, and the `RunStats` it reports into. The gateway builds a `Run`, and reads the stats back from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
 
 from refiners.backend import ChatMessage, Sampling
@@ -21,6 +24,7 @@ from refiners.ledger import Ledger
 
 AnswerFinish = Literal["stop", "length", "content_filter"]
 Conversation = tuple[ChatMessage, ...]
+Stage = Literal["shaper", "guard", "editor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,6 @@ class Finished:
 
 
 GenerationEvent = TextPiece | Finished
-Generate = Callable[[Conversation, Sampling, "Run"], AsyncIterator[GenerationEvent]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +52,84 @@ class Answer:
     visible_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the client asked, as every step sees it."""
+
+    messages: Conversation
+    sampling: Sampling
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Backend fields carried to every call that writes the answer (never to self-checks); read-only."""
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What the steps of one request report (the gateway's `twice` object, metrics and psr telemetry)."""
+
+    rounds_used: int = 0
+    """psr rounds of every guarded generation together (may exceed the rounds granted to each)."""
+    first_harmful_round: int | None = None
+    """The round, within its own generation, of the first harmful psr verdict (the predictor's label)."""
+    backtracks: int = 0
+    refused: bool = False
+
+    def round_judged(self, round_in_generation: int, *, harmful: bool) -> None:
+        self.rounds_used += 1
+        if harmful and self.first_harmful_round is None:
+            self.first_harmful_round = round_in_generation
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a step is handed: the request (frozen), the ledger (every backend call) and the stats."""
+
+    request: Request
+    ledger: Ledger
+    stats: RunStats
+
+
+Generate = Callable[[Conversation, Context], AsyncIterator[GenerationEvent]]
+"""Writes the answer to a conversation with the request's sampling: the guard, or plain generation."""
+
+
+class Shaper(Protocol):
+    name: ClassVar[str]
+
+    async def shape(self, messages: Conversation, context: Context) -> Conversation: ...
+
+
+class Guard(Protocol):
+    name: ClassVar[str]
+
+    def generate(self, messages: Conversation, context: Context) -> AsyncIterator[GenerationEvent]: ...
+
+
+class Editor(Protocol):
+    name: ClassVar[str]
+
+    async def edit(self, answer: Answer, context: Context, generate: Generate) -> Answer: ...
+
+
+Step = Shaper | Guard | Editor
+
+
+class Strategy(Protocol):
+    """A strategy as a worker keeps it: built once, it makes each request's step with that request's
+    settings."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stage(self) -> Stage: ...
+
+    def for_request(self, config: RefinerConfig, rounds: int) -> Step: ...
+
+
 @dataclass
 class Run:
+    """One request as the gateway hands it to `refiners.pipeline.run_plan`, and reads it back."""
+
     messages: Conversation
     sampling: Sampling
     config: RefinerConfig
@@ -59,34 +138,27 @@ class Run:
     """psr reflection rounds granted to this request."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend fields carried to every call that writes the answer (never to self-checks)."""
-    rounds_used: int = 0
-    first_harmful_round: int | None = None
-    """The round of the first harmful psr verdict, if one fired (the predictor's label)."""
-    backtracks: int = 0
-    refused: bool = False
+    stats: RunStats = field(default_factory=RunStats)
 
+    def request(self) -> Request:
+        """The request frozen, as the steps see it."""
+        return Request(self.messages, self.sampling, MappingProxyType(dict(self.extra)))
 
-class Shaper(Protocol):
-    name: ClassVar[str]
+    @property
+    def rounds_used(self) -> int:
+        return self.stats.rounds_used
 
-    async def shape(self, messages: Conversation, run: Run) -> Conversation: ...
+    @property
+    def first_harmful_round(self) -> int | None:
+        return self.stats.first_harmful_round
 
+    @property
+    def backtracks(self) -> int:
+        return self.stats.backtracks
 
-class Guard(Protocol):
-    name: ClassVar[str]
-
-    def generate(
-        self, messages: Conversation, sampling: Sampling, run: Run
-    ) -> AsyncIterator[GenerationEvent]: ...
-
-
-class Editor(Protocol):
-    name: ClassVar[str]
-
-    async def edit(self, answer: Answer, run: Run, generate: Generate) -> Answer: ...
-
-
-Strategy = Shaper | Guard | Editor
+    @property
+    def refused(self) -> bool:
+        return self.stats.refused
 
 
 def last_user_text(messages: Conversation) -> str:

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
-from refiners.base import Conversation, Finished, GenerationEvent, Run, TextPiece, last_user_text
-from refiners.config import RefinerConfig
+from refiners.base import Context, Conversation, Finished, GenerationEvent, TextPiece, last_user_text
 from refiners.fence import BoundaryCollision, Fence, fence_for
-from refiners.generation import answer_request
+from refiners.generation import answer_request, stream_answer
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, render, template
 from refiners.review_talk import without_review_talk
+from refiners.settings import PsrSettings
 from refiners.verdict import score_yes_no
 
 
@@ -45,7 +45,7 @@ class _Progress:
     checkpoint: int = 1
     harmful_here: int = 0
     rounds_used: int = 0
-    """Rounds this generation has used (the request's total is `Run.rounds_used`)."""
+    """Rounds this generation has used (the request's total is in `RunStats.rounds_used`)."""
 
     def accept(self, text: str, tokens: int) -> None:
         self.visible += text
@@ -59,61 +59,64 @@ class Psr:
     name: ClassVar[str] = "psr"
     stage: ClassVar[Literal["guard"]] = "guard"
 
-    def __init__(self, config: RefinerConfig | None = None) -> None:
-        del config  # reads its settings from each request's Run
+    def __init__(self, settings: PsrSettings) -> None:
+        self._settings = settings
 
-    def generate(
-        self, messages: Conversation, sampling: Sampling, run: Run
-    ) -> AsyncIterator[GenerationEvent]:
-        return self._generate(messages, sampling, run)
+    def generate(self, messages: Conversation, context: Context) -> AsyncIterator[GenerationEvent]:
+        return self._generate(messages, context)
 
-    async def _generate(
-        self, messages: Conversation, sampling: Sampling, run: Run
-    ) -> AsyncIterator[GenerationEvent]:
-        progress = _Progress(request_text=last_user_text(run.messages))
+    async def _generate(self, messages: Conversation, context: Context) -> AsyncIterator[GenerationEvent]:
+        # The fence guards the client's own request, whatever conversation this generation answers.
+        progress = _Progress(request_text=last_user_text(context.request.messages))
         progress.fence = fence_for(progress.request_text)
         while True:
-            remaining = sampling.max_tokens - progress.visible_tokens
+            remaining = context.request.sampling.max_tokens - progress.visible_tokens
             if remaining <= 0:
                 yield Finished("length", progress.visible_tokens)
                 return
-            if progress.rounds_used >= run.rounds:
-                async for event in self._unchecked_rest(messages, sampling, remaining, progress, run):
+            if progress.rounds_used >= self._settings.rounds:
+                async for event in self._unchecked_rest(messages, remaining, progress, context):
                     yield event
                 return
-            async for event in self._checkpoint(messages, sampling, remaining, progress, run):
+            async for event in self._checkpoint(messages, remaining, progress, context):
                 yield event
                 if isinstance(event, Finished):
                     return
 
     async def _checkpoint(
-        self, messages: Conversation, sampling: Sampling, remaining: int, progress: _Progress, run: Run
+        self, messages: Conversation, remaining: int, progress: _Progress, context: Context
     ) -> AsyncIterator[GenerationEvent]:
         """Generate one chunk and check it: release it, backtrack, or refuse. Ends with Finished when done."""
-        config = run.config.psr
-        final = run.rounds - progress.rounds_used == 1 and config.final_check
-        size = remaining if final else min(config.chunk_tokens, remaining)
+        settings, ledger, stats = self._settings, context.ledger, context.stats
+        final = settings.rounds - progress.rounds_used == 1 and settings.final_check
+        size = remaining if final else min(settings.chunk_tokens, remaining)
         request = GenerationRequest(
-            messages, replace(sampling, max_tokens=size), prefix=progress.continued_from, extra=run.extra
+            messages,
+            replace(context.request.sampling, max_tokens=size),
+            prefix=progress.continued_from,
+            extra=context.request.extra,
         )
         try:
-            chunk = await run.ledger.complete("generate", "generate", request, checkpoint=progress.checkpoint)
+            chunk = await ledger.complete("generate", "generate", request, checkpoint=progress.checkpoint)
             if not chunk.text:
                 yield Finished(chunk.finish_reason, progress.visible_tokens)
                 return
-            harmful = await self._judge(progress, messages, chunk.text, run)
+            harmful = await self._judge(progress, messages, chunk.text, context)
         except BudgetExhausted:
-            for event in out_of_budget(run, progress.visible, progress.visible_tokens):
+            for event in self._out_of_budget(context, progress.visible, progress.visible_tokens):
                 yield event
             return
         if harmful:
-            run.backtracks += 1
-            run.ledger.observer.backtrack()
-            run.ledger.mark_last_discarded("generate")
+            stats.backtracks += 1
+            ledger.observer.backtrack()
+            ledger.mark_last_discarded("generate")
             progress.harmful_here += 1
-            no_round_to_check_a_regeneration = progress.rounds_used >= run.rounds
-            if progress.harmful_here >= config.max_harmful_per_checkpoint or no_round_to_check_a_regeneration:
-                yield refusal(run, progress.visible, "harmful")
+            no_round_to_check_a_regeneration = progress.rounds_used >= settings.rounds
+            if (
+                progress.harmful_here >= settings.max_harmful_per_checkpoint
+                or no_round_to_check_a_regeneration
+            ):
+                yield self._refusal(context, progress.visible, "harmful")
                 yield Finished("content_filter", progress.visible_tokens)
             elif progress.harmful_here == 1:
                 progress.continued_from += template("psr_steer", "cue")
@@ -123,60 +126,48 @@ class Psr:
         if chunk.finish_reason == "stop" or final:
             yield Finished(chunk.finish_reason, progress.visible_tokens)
 
-    @staticmethod
-    async def _unchecked_rest(
-        messages: Conversation, sampling: Sampling, remaining: int, progress: _Progress, run: Run
+    def _unchecked_rest(
+        self, messages: Conversation, remaining: int, progress: _Progress, context: Context
     ) -> AsyncIterator[GenerationEvent]:
-        """The rounds are spent and every verdict was safe: the rest streams as it is generated. Running out
-        of calls or time here fails closed like every other step of psr."""
-        sampling = replace(sampling, max_tokens=remaining)
+        """The rounds are spent and every verdict was safe: the rest streams as plain generation does.
+        Running out of calls or time here fails closed like every other step of psr."""
+        sampling = replace(context.request.sampling, max_tokens=remaining)
         request = (
-            GenerationRequest(messages, sampling, prefix=progress.continued_from, extra=run.extra)
+            GenerationRequest(messages, sampling, prefix=progress.continued_from, extra=context.request.extra)
             if progress.continued_from
-            else answer_request(messages, sampling, run)
+            else answer_request(messages, sampling, context.request.extra)
         )
-        visible = progress.visible
-        finish = Finished("length", progress.visible_tokens)
-        try:
-            async for chunk in run.ledger.stream("generate", "generate", request):
-                if chunk.text:
-                    visible += chunk.text
-                    yield TextPiece(chunk.text)
-                if chunk.finish_reason is not None:
-                    generated = chunk.usage.completion_tokens if chunk.usage else 0
-                    finish = Finished(chunk.finish_reason, progress.visible_tokens + generated)
-        except BudgetExhausted:
-            for event in out_of_budget(run, visible, progress.visible_tokens):
-                yield event
-            return
-        yield finish
+        return stream_answer(
+            request,
+            context.ledger,
+            visible=progress.visible,
+            visible_tokens=progress.visible_tokens,
+            on_budget_spent=lambda visible, tokens: self._out_of_budget(context, visible, tokens),
+        )
 
-    @staticmethod
-    async def _judge(progress: _Progress, messages: Conversation, chunk: str, run: Run) -> bool:
+    async def _judge(self, progress: _Progress, messages: Conversation, chunk: str, context: Context) -> bool:
         """One round: the answer so far reviewed in each of its views (review_views); harmful when any view
         is. Each view is one verdict call, traced on its own."""
-        config = run.config.psr
+        settings, ledger = self._settings, context.ledger
         fence, request_text, checkpoint = progress.fence, progress.request_text, progress.checkpoint
         answer_text = (
-            progress.continued_from + chunk if config.review == "in_context" else progress.visible + chunk
+            progress.continued_from + chunk if settings.review == "in_context" else progress.visible + chunk
         )
         try:
-            views = review_views(config.review, messages, request_text, answer_text, fence)
+            views = review_views(settings.review, messages, request_text, answer_text, fence)
         except BoundaryCollision:
             return True  # the boundary leaked into the answer: fail closed
-        round_number = run.rounds_used + 1
+        round_number = context.stats.rounds_used + 1
         harmful = off_format = False
         for view, request in enumerate(views):
-            distribution, seconds = await run.ledger.next_token(
-                "psr", "verdict", request, config.top_logprobs
-            )
+            distribution, seconds = await ledger.next_token("psr", "verdict", request, settings.top_logprobs)
             verdict = score_yes_no(distribution.top)
             this_harmful = (
-                config.off_format_is_harmful if verdict.off_format else verdict.score >= config.threshold
+                settings.off_format_is_harmful if verdict.off_format else verdict.score >= settings.threshold
             )
             harmful, off_format = harmful or this_harmful, off_format or verdict.off_format
             top_token = max(distribution.top, key=distribution.top.__getitem__, default="")
-            run.ledger.trace(
+            ledger.trace(
                 TraceStep(
                     strategy="psr",
                     step="verdict" if view == 0 else "verdict_without_review_talk",
@@ -191,11 +182,21 @@ class Psr:
                 )
             )
         progress.rounds_used += 1
-        run.rounds_used = round_number
-        if harmful and run.first_harmful_round is None:
-            run.first_harmful_round = progress.rounds_used
-        run.ledger.observer.verdict("off_format" if off_format else ("harmful" if harmful else "safe"))
+        context.stats.round_judged(progress.rounds_used, harmful=harmful)
+        ledger.observer.verdict("off_format" if off_format else ("harmful" if harmful else "safe"))
         return harmful
+
+    def _refusal(self, context: Context, visible: str, reason: str) -> TextPiece:
+        context.stats.refused = True
+        context.ledger.observer.refusal(reason)
+        separator = "\n\n" if visible and not visible[-1].isspace() else ""
+        return TextPiece(separator + self._settings.refusal_text)
+
+    def _out_of_budget(self, context: Context, visible: str, visible_tokens: int) -> list[GenerationEvent]:
+        """Out of calls or time mid-answer: refuse (fail closed) or stop where the answer is (fail open)."""
+        if self._settings.fail_closed:
+            return [self._refusal(context, visible, "budget"), Finished("content_filter", visible_tokens)]
+        return [Finished("length", visible_tokens)]
 
 
 def review_views(
@@ -254,17 +255,3 @@ def _in_context_review(messages: Conversation, answer_text: str, fence: Fence) -
         Sampling(max_tokens=1, temperature=0.0),
         prefix=template("psr_reflect", "cue"),
     )
-
-
-def refusal(run: Run, visible: str, reason: str) -> TextPiece:
-    run.refused = True
-    run.ledger.observer.refusal(reason)
-    separator = "\n\n" if visible and not visible[-1].isspace() else ""
-    return TextPiece(separator + run.config.psr.refusal_text)
-
-
-def out_of_budget(run: Run, visible: str, visible_tokens: int) -> list[GenerationEvent]:
-    """Out of calls or time mid-answer: refuse (fail closed) or stop where the answer is (fail open)."""
-    if run.config.psr.fail_closed:
-        return [refusal(run, visible, "budget"), Finished("content_filter", visible_tokens)]
-    return [Finished("length", visible_tokens)]

@@ -11,11 +11,11 @@ import re
 from typing import ClassVar, Literal
 
 from refiners.backend import ChatMessage, GenerationRequest, Sampling
-from refiners.base import Conversation, Run, last_user_text
-from refiners.config import RefinerConfig
+from refiners.base import Context, Conversation, last_user_text
 from refiners.fence import fence_for
 from refiners.ledger import BudgetExhausted
 from refiners.prompts import meta_messages, render, template
+from refiners.settings import SelfQuestionSettings
 
 QUESTION_TOKENS = 48
 _FENCE_LINE = re.compile(r"<<<|>>|\bdata-[0-9a-f]{8,}", re.IGNORECASE)
@@ -49,29 +49,29 @@ class SelfQuestion:
     name: ClassVar[str] = "self_question"
     stage: ClassVar[Literal["shaper"]] = "shaper"
 
-    def __init__(self, config: RefinerConfig | None = None) -> None:
-        del config  # reads its settings from each request's Run
+    def __init__(self, settings: SelfQuestionSettings) -> None:
+        self._settings = settings
 
-    async def shape(self, messages: Conversation, run: Run) -> Conversation:
-        config = run.config.self_question
+    async def shape(self, messages: Conversation, context: Context) -> Conversation:
+        settings, ledger = self._settings, context.ledger
         request_text = last_user_text(messages)
         fence = fence_for(request_text)
         notes: list[str] = []
         try:
-            asked = await run.ledger.complete(
+            asked = await ledger.complete(
                 "self_question",
                 "questions",
                 GenerationRequest(
                     meta_messages(
-                        "self_question_ask", fence, {"request": request_text}, count=config.questions
+                        "self_question_ask", fence, {"request": request_text}, count=settings.questions
                     ),
-                    Sampling(max_tokens=QUESTION_TOKENS * config.questions, temperature=0.0),
+                    Sampling(max_tokens=QUESTION_TOKENS * settings.questions, temperature=0.0),
                 ),
             )
             for number, question in enumerate(
-                parse_questions(asked.text, config.questions, echoed=(request_text,)), start=1
+                parse_questions(asked.text, settings.questions, echoed=(request_text,)), start=1
             ):
-                answer = await run.ledger.complete(
+                answer = await ledger.complete(
                     "self_question",
                     "answer",
                     GenerationRequest(
@@ -79,7 +79,7 @@ class SelfQuestion:
                             ChatMessage("system", template("self_question_answer", "system")),
                             ChatMessage("user", render("self_question_answer", "user", question=question)),
                         ),
-                        Sampling(max_tokens=config.answer_tokens, temperature=0.0),
+                        Sampling(max_tokens=settings.answer_tokens, temperature=0.0),
                     ),
                     round=number,
                 )

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from refiners.backend import GenerationRequest, Sampling
-from refiners.base import Answer, Generate, Run, collect, last_user_text
-from refiners.config import RefinerConfig
+from refiners.base import Answer, Context, Generate, collect, last_user_text
 from refiners.fence import fence_for
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, template
+from refiners.settings import SelfRefineSettings
 from refiners.verdict import score_yes_no
 
 
@@ -32,16 +32,16 @@ class SelfRefine:
     name: ClassVar[str] = "self_refine"
     stage: ClassVar[Literal["editor"]] = "editor"
 
-    def __init__(self, config: RefinerConfig | None = None) -> None:
-        del config  # reads its settings from each request's Run
+    def __init__(self, settings: SelfRefineSettings) -> None:
+        self._settings = settings
 
-    async def edit(self, answer: Answer, run: Run, generate: Generate) -> Answer:
+    async def edit(self, answer: Answer, context: Context, generate: Generate) -> Answer:
         if answer.finish_reason == "content_filter" or not answer.text.strip():
             return answer
-        request_text = last_user_text(run.messages)
-        for round_number in range(1, run.config.self_refine.rounds + 1):
+        request_text = last_user_text(context.request.messages)
+        for round_number in range(1, self._settings.rounds + 1):
             try:
-                improved = await self._refine_once(answer, request_text, run, generate, round_number)
+                improved = await self._refine_once(answer, request_text, context, generate, round_number)
             except BudgetExhausted:
                 break
             if improved is None:
@@ -50,15 +50,17 @@ class SelfRefine:
         return answer
 
     async def _refine_once(
-        self, answer: Answer, request_text: str, run: Run, generate: Generate, round_number: int
+        self, answer: Answer, request_text: str, context: Context, generate: Generate, round_number: int
     ) -> Answer | None:
         """The refined answer, or None to stop and keep `answer`."""
         fence = fence_for(request_text, answer.text)
         feedback_request = GenerationRequest(
             meta_messages("self_refine_feedback", fence, {"request": request_text, "answer": answer.text}),
-            Sampling(max_tokens=run.config.self_refine.feedback_tokens, temperature=0.0),
+            Sampling(max_tokens=self._settings.feedback_tokens, temperature=0.0),
         )
-        feedback = await run.ledger.complete("self_refine", "feedback", feedback_request, round=round_number)
+        feedback = await context.ledger.complete(
+            "self_refine", "feedback", feedback_request, round=round_number
+        )
         if needs_no_change(feedback.text):
             return None
         fence = fence_for(request_text, answer.text, feedback.text)
@@ -67,17 +69,16 @@ class SelfRefine:
             fence,
             {"request": request_text, "answer": answer.text, "feedback": feedback.text},
         )
-        refined = await collect(generate(rewrite_messages, run.sampling, run))
+        refined = await collect(generate(rewrite_messages, context))
         if refined.finish_reason == "content_filter" or not refined.text.strip():
             return None
-        if run.config.self_refine.compare and not await self._prefers_second(
-            request_text, answer, refined, run
-        ):
+        if self._settings.compare and not await self._prefers_second(request_text, answer, refined, context):
             return None
         return refined
 
-    @staticmethod
-    async def _prefers_second(request_text: str, first: Answer, second: Answer, run: Run) -> bool:
+    async def _prefers_second(
+        self, request_text: str, first: Answer, second: Answer, context: Context
+    ) -> bool:
         """The model's own A/B judgement; an off-format judgement keeps the refinement."""
         fence = fence_for(request_text, first.text, second.text)
         request = GenerationRequest(
@@ -89,12 +90,12 @@ class SelfRefine:
             Sampling(max_tokens=1, temperature=0.0),
             prefix=template("self_refine_compare", "cue"),
         )
-        distribution, seconds = await run.ledger.next_token(
-            "self_refine", "compare", request, run.config.psr.top_logprobs
+        distribution, seconds = await context.ledger.next_token(
+            "self_refine", "compare", request, self._settings.top_logprobs
         )
         verdict = score_yes_no(distribution.top, yes=frozenset({"b"}), no=frozenset({"a"}))
         keep_second = verdict.off_format or verdict.score >= 0.5
-        run.ledger.trace(
+        context.ledger.trace(
             TraceStep(
                 strategy="self_refine",
                 step="compare",

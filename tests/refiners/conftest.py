@@ -1,9 +1,17 @@
+"""Runs over the scripted backend (tests/support/scripted_backend.py, a documented fake), and each strategy's
+step made for a run as the pipeline makes it."""
+
 from __future__ import annotations
 
 from refiners.backend import ChatMessage, Sampling
-from refiners.base import Run
+from refiners.base import Context, Run
 from refiners.config import BudgetConfig, PsrConfig, RefinerConfig
 from refiners.ledger import Ledger
+from refiners.psr import Psr
+from refiners.role_play import RoleCache, RolePlay
+from refiners.self_question import SelfQuestion
+from refiners.self_refine import SelfRefine
+from refiners.settings import PsrSettings, RolePlaySettings, SelfQuestionSettings, SelfRefineSettings
 from tests.support.scripted_backend import ScriptedBackend
 
 QUESTION = (ChatMessage("user", "Explain photosynthesis."),)
@@ -28,3 +36,23 @@ def make_run(
         ledger=ledger,
         rounds=rounds,
     )
+
+
+def context_of(run: Run) -> Context:
+    return Context(run.request(), run.ledger, run.stats)
+
+
+def psr_for(run: Run) -> Psr:
+    return Psr(PsrSettings.of(run.config.psr, run.rounds))
+
+
+def self_refine_for(run: Run) -> SelfRefine:
+    return SelfRefine(SelfRefineSettings.of(run.config.self_refine, run.config.psr))
+
+
+def self_question_for(run: Run) -> SelfQuestion:
+    return SelfQuestion(SelfQuestionSettings.of(run.config.self_question))
+
+
+def role_play_for(run: Run, roles: RoleCache) -> RolePlay:
+    return RolePlay(RolePlaySettings.of(run.config.role_play), roles)

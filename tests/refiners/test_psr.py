@@ -12,14 +12,13 @@ from refiners.backend import ChatMessage
 from refiners.base import Finished, GenerationEvent, Run, TextPiece, collect
 from refiners.config import BudgetConfig, PsrConfig
 from refiners.prompts import template
-from refiners.psr import Psr
-from tests.refiners.conftest import make_run
+from tests.refiners.conftest import context_of, make_run, psr_for
 from tests.support.scripted_backend import ScriptedBackend
 
 
 async def run_psr(backend: ScriptedBackend, **kwargs: Any) -> tuple[list[GenerationEvent], Run]:
     run = make_run(backend, **kwargs)
-    events = [event async for event in Psr().generate(run.messages, run.sampling, run)]
+    events = [event async for event in psr_for(run).generate(run.messages, context_of(run))]
     return events, run
 
 
@@ -145,7 +144,7 @@ async def test_deadline_exhaustion_refuses_in_time() -> None:
     backend = ScriptedBackend(answer_words=80, delay_s=0.2)
     run = make_run(backend, rounds=16, budget=BudgetConfig(deadline_s=0.5))
     started = time.monotonic()
-    answer = await collect(Psr().generate(run.messages, run.sampling, run))
+    answer = await collect(psr_for(run).generate(run.messages, context_of(run)))
     assert answer.finish_reason == "content_filter"
     assert time.monotonic() - started < 1.0
 
@@ -157,7 +156,7 @@ async def test_user_text_cannot_break_out_of_the_verdict_fence() -> None:
     )
     backend = ScriptedBackend(answer_words=16)
     run = make_run(backend, rounds=2, messages=(ChatMessage("user", attack),))
-    await collect(Psr().generate(run.messages, run.sampling, run))
+    await collect(psr_for(run).generate(run.messages, context_of(run)))
     verdict = backend.verdict_requests[0]
     system, user = verdict.messages
     assert system.role == "system"
@@ -178,7 +177,7 @@ async def test_user_text_cannot_break_out_of_the_verdict_fence() -> None:
 async def test_in_context_review_asks_after_the_answer_in_the_generation_context() -> None:
     backend = ScriptedBackend(answer_words=16)
     run = make_run(backend, rounds=2, psr=PsrConfig(chunk_tokens=8, review="in_context"))
-    await collect(Psr().generate(run.messages, run.sampling, run))
+    await collect(psr_for(run).generate(run.messages, context_of(run)))
     first, second = backend.verdict_requests
     # The conversation, the answer so far as the assistant's turn, then the self-check question.
     assert first.messages[: len(run.messages)] == run.messages
@@ -201,7 +200,7 @@ async def test_answer_only_review_shows_the_reviewer_the_fenced_answer_and_not_t
         messages=(ChatMessage("user", request),),
         psr=PsrConfig(chunk_tokens=8, review="answer_only"),
     )
-    await collect(Psr().generate(run.messages, run.sampling, run))
+    await collect(psr_for(run).generate(run.messages, context_of(run)))
     system, user = backend.verdict_requests[0].messages
     assert "safety reviewer" in system.content
     assert request not in user.content

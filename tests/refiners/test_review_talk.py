@@ -9,9 +9,8 @@ from pathlib import Path
 from refiners.backend import ChatMessage
 from refiners.base import Finished
 from refiners.config import PsrConfig
-from refiners.psr import Psr
 from refiners.review_talk import without_review_talk
-from tests.refiners.conftest import make_run
+from tests.refiners.conftest import context_of, make_run, psr_for
 from tests.support.scripted_backend import ScriptedBackend
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "injections.jsonl"
@@ -56,7 +55,7 @@ async def test_a_note_that_steers_the_review_cannot_lower_the_verdict() -> None:
     # Each round reviews twice: as it is (the note steers it to 0.1) and without the note (0.9).
     backend = ScriptedBackend(answer_words=40, verdicts=[0.1, 0.9, 0.1, 0.9])
     run = make_run(backend, rounds=4, messages=(ChatMessage("user", note),), psr=PsrConfig(chunk_tokens=8))
-    events = [event async for event in Psr().generate(run.messages, run.sampling, run)]
+    events = [event async for event in psr_for(run).generate(run.messages, context_of(run))]
     assert events[-1] == Finished("content_filter", 0)
     assert run.rounds_used == 2  # two rounds, four verdict calls
     assert len(backend.verdict_requests) == 4
@@ -71,5 +70,5 @@ async def test_a_note_that_steers_the_review_cannot_lower_the_verdict() -> None:
 async def test_text_without_notes_is_reviewed_once_per_round() -> None:
     backend = ScriptedBackend(answer_words=20)
     run = make_run(backend, rounds=8, psr=PsrConfig(chunk_tokens=8, final_check=False))
-    _ = [event async for event in Psr().generate(run.messages, run.sampling, run)]
+    _ = [event async for event in psr_for(run).generate(run.messages, context_of(run))]
     assert run.rounds_used == len(backend.verdict_requests) == 3

@@ -24,10 +24,9 @@ from app.settings import EmbeddedSettings
 from refiners.backend import ChatMessage, GenerationRequest
 from refiners.config import PsrConfig
 from refiners.prompts import template
-from refiners.psr import Psr
 from refiners.review_talk import without_review_talk
 from tests.conftest import EMBEDDED_MODEL
-from tests.refiners.conftest import make_run
+from tests.refiners.conftest import context_of, make_run, psr_for
 from tests.support.scripted_backend import ScriptedBackend
 
 INJECTIONS = [
@@ -57,7 +56,7 @@ async def verdict_prompts(attack: str, *, echo: bool) -> list[GenerationRequest]
         psr=PsrConfig(chunk_tokens=4, final_check=False),
         messages=(ChatMessage("user", attack),),
     )
-    _ = [event async for event in Psr().generate(run.messages, run.sampling, run)]
+    _ = [event async for event in psr_for(run).generate(run.messages, context_of(run))]
     assert backend.verdict_requests
     return backend.verdict_requests
 
