@@ -23,7 +23,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from app.auth import Caller, KeyRing
-from app.cache import ResponseCache, cache_key, cacheable, replay_json, replay_stream
+from app.cache import Replay, ResponseCache, cache_key, cacheable
 from app.capture import Captured, capture_json, capture_stream
 from app.errors import InvalidRequest
 from app.experiment_store import ExperimentStore
@@ -31,11 +31,10 @@ from app.experiments import assign
 from app.metrics import NO_VARIANT, GatewayMetrics, current_variant
 from app.plan import STRATEGY_HEADER, Plan, with_required
 from app.ratelimit import RateLimiter
-from app.responses import RequestContext
+from app.render import Ending, Envelope, json_response, render_json, render_stream, stream_response
 from app.results import Attribution, Outcome, Results
 from app.settings import Settings
 from app.store import RedisStore, StoreUnavailable
-from app.streaming import SSE_HEADERS
 
 log = logging.getLogger("twice.gate")
 
@@ -65,6 +64,22 @@ class Ticket:
         if self.cache_result in ("hit", "miss"):
             headers[CACHE_HEADER] = self.cache_result
         return headers
+
+
+class _Silent:
+    """A replay's listener: the gate counted the request already."""
+
+    def first_text(self) -> None:
+        return
+
+    def answered(self, text: str, ending: Ending) -> None:
+        return
+
+    async def close(self, outcome: str) -> None:
+        return
+
+
+_SILENT = _Silent()
 
 
 class Gate:
@@ -157,20 +172,19 @@ class Gate:
 
     # --- a cached answer -------------------------------------------------------------------------------
 
-    def replay(self, ticket: Ticket, payload: dict[str, Any]) -> Response:
-        ctx = RequestContext.new(str(payload["model"]))
-        headers = {**ctx.headers(), "X-Twice-Strategy-Applied": ticket.hit.strategies}
+    async def replay(self, ticket: Ticket, payload: dict[str, Any]) -> Response:
+        envelope = Envelope.new(str(payload["model"]))
+        headers = envelope.headers(ticket.hit.strategies)
+        source = Replay(ticket.hit, envelope.request_id, ticket.extension)
         stream = payload.get("stream") is True
         self._metrics.requests.labels(outcome="ok", stream="true" if stream else "false").inc()
         if stream:
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = replay_stream(ticket.hit, ctx, ticket.extension, include_usage)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            return stream_response(
+                render_stream(envelope, source, _SILENT, include_usage=include_usage), headers
             )
-        body = replay_json(ticket.hit, ctx, ticket.extension)
-        return Response(body, media_type="application/json", headers=headers)
+        return json_response(await render_json(envelope, source, _SILENT), headers)
 
     # --- after -----------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from app.backends.vllm import Relayed, StreamCut, event_data
 from app.errors import UpstreamError, as_twice_error
 from app.metrics import GatewayMetrics, variant
-from app.streaming import DONE, SSE_HEADERS, sse_error
+from app.render import DONE, SSE_HEADERS, error_event
 from refiners.backend import BackendError
 
 
@@ -76,7 +76,7 @@ async def _relay_events(
         outcome = "ok"
     except BackendError as exc:
         outcome = "backend_error"
-        yield sse_error(UpstreamError(str(exc)) if isinstance(exc, StreamCut) else as_twice_error(exc))
+        yield error_event(UpstreamError(str(exc)) if isinstance(exc, StreamCut) else as_twice_error(exc))
         yield DONE
     finally:
         await events.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -21,15 +22,15 @@ from app.gate import Gate
 from app.metrics import GatewayMetrics, MetricsObserver, outcome_of, variant
 from app.passthrough import ForwardingBackend, forward_chat
 from app.plan import STRATEGY_HEADER, Plan, parse_plan
-from app.protocol.chat import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice
+from app.protocol.chat import ChatCompletionRequest
+from app.render import Ending, Envelope, json_response, render_json, render_stream, stream_response
 from app.requests import check_limits, load_json_object, parse_chat_request
-from app.responses import RequestContext, plan_headers, twice_extension, usage_info
+from app.responses import twice_extension, usage_info
 from app.rounds import NO_ROUNDS, ROUNDS_GRANTED_HEADER, RoundsDecision, RoundsPolicy
 from app.settings import Settings
-from app.streaming import DONE, SSE_HEADERS, sse_error
 from app.telemetry import Telemetry
 from refiners.backend import Sampling
-from refiners.base import Conversation, Finished, Run, Strategy, TextPiece
+from refiners.base import Conversation, GenerationEvent, Run, Strategy
 from refiners.config import RefinerConfig
 from refiners.ledger import Ledger
 from refiners.pipeline import run_plan
@@ -79,7 +80,7 @@ class ChatService:
             # Limits, experiment arm and cache lookup; then labels, caching and results on the way out.
             ticket = await self._gate.open(payload, len(body), headers, plan, caller)
             if ticket.hit is not None:
-                response = self._gate.replay(ticket, payload)
+                response = await self._gate.replay(ticket, payload)
             else:
                 response = await self._serve(
                     payload, body, ticket.plan, stream=stream == "true", extension=ticket.extension
@@ -117,13 +118,13 @@ class ChatService:
     async def _pass_through(self, payload: dict[str, Any], body: bytes, *, stream: bool) -> Response:
         assert self._forwarder is not None
         await self.check_model(payload["model"])
-        ctx = RequestContext.new(payload["model"])
-        headers = {**ctx.headers(), "X-Twice-Strategy-Applied": "none"}
+        started = time.perf_counter()
+        headers = Envelope.new(payload["model"]).headers("none")
         response = await forward_chat(
-            self._forwarder, body, stream=stream, headers=headers, metrics=self._metrics, started=ctx.started
+            self._forwarder, body, stream=stream, headers=headers, metrics=self._metrics, started=started
         )
         if not isinstance(response, StreamingResponse):
-            self._observe(ctx, "false", outcome_of(response.status_code))
+            self._observe(started, "false", outcome_of(response.status_code))
         return response
 
     # --- strategies ----------------------------------------------------------------------------------
@@ -169,15 +170,15 @@ class ChatService:
         sampling: Sampling,
         plan: Plan,
         rounds: RoundsDecision,
-        ctx: RequestContext,
+        envelope: Envelope,
     ) -> Run:
         ledger = Ledger(
             backend=self._backend,
             budget=self._settings.budget,
             tracing=plan.trace,
             observer=self._observer,
-            routing_key=ctx.request_id,
-            model=ctx.model,
+            routing_key=envelope.request_id,
+            model=envelope.model,
         )
         return Run(
             messages=messages,
@@ -196,110 +197,92 @@ class ChatService:
         self, request: ChatCompletionRequest, plan: Plan, extension: Mapping[str, Any] | None = None
     ) -> Response:
         """`extension`: fields added to the `twice` object (the experiment and variant)."""
-        labels = dict(extension or {})
         await self.check_model(request.model)
         messages, sampling = self._conversation(request, plan)
         extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
-        ctx = RequestContext.new(request.model)
+        envelope = Envelope.new(request.model)
+        started = time.perf_counter()
         rounds = self._decide_rounds(messages, plan)
-        run = self._new_run(messages, sampling, plan, rounds, ctx)
+        run = self._new_run(messages, sampling, plan, rounds, envelope)
         run.extra = extra
-        headers = plan_headers(plan, ctx)
+        source = _FreshAnswer(run, plan, rounds, envelope.request_id, dict(extension or {}), self._strategies)
+        listener = _RunListener(self, run, plan, rounds, started, stream=request.stream)
+        headers = envelope.headers(plan.applied)
         if "psr" in plan.strategies:
             headers[ROUNDS_GRANTED_HEADER] = str(run.rounds)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return StreamingResponse(
-                self._stream(run, plan, rounds, ctx, include_usage, labels),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **headers},
+            return stream_response(
+                render_stream(envelope, source, listener, include_usage=include_usage), headers
             )
-        parts: list[str] = []
-        finished = Finished("stop", 0)
         try:
-            async for event in run_plan(plan.strategies, self._strategies, run):
-                if isinstance(event, TextPiece):
-                    parts.append(event.text)
-                else:
-                    finished = event
+            body = await render_json(envelope, source, listener)
         except Exception:
             self._record(run, plan, rounds, "error")
             raise
-        self._record(run, plan, rounds, "refused" if run.refused else "answered")
-        self._count_run(run, finished)
-        body = ChatCompletion(
-            id=ctx.request_id,
-            created=ctx.created,
-            model=request.model,
-            choices=[
-                Choice(message=AssistantMessage(content="".join(parts)), finish_reason=finished.finish_reason)
-            ],
-            usage=usage_info(run.ledger.usage, finished.visible_tokens),
-            twice={**twice_extension(run, plan, ctx, rounds), **labels},
-        )
-        self._observe(ctx, "false", "ok")
+        self._observe(started, "false", "ok")
         headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
-        return Response(
-            body.model_dump_json(exclude_none=True), media_type="application/json", headers=headers
-        )
+        return json_response(body, headers)
 
-    async def _stream(
-        self,
-        run: Run,
-        plan: Plan,
-        rounds: RoundsDecision,
-        ctx: RequestContext,
-        include_usage: bool,
-        labels: dict[str, Any],
-    ) -> AsyncIterator[bytes]:
-        outcome = "cancelled"
-        first_text = True
-        try:
-            yield ctx.chunk({"role": "assistant", "content": ""})
-            finished = Finished("stop", 0)
-            async for event in run_plan(plan.strategies, self._strategies, run):
-                if isinstance(event, Finished):
-                    finished = event
-                elif event.text:
-                    if first_text:
-                        self._metrics.time_to_first_token.labels(variant=variant()).observe(
-                            time.perf_counter() - ctx.started
-                        )
-                        first_text = False
-                    yield ctx.chunk({"content": event.text})
-            self._count_run(run, finished)
-            self._record(run, plan, rounds, "refused" if run.refused else "answered")
-            extension = {**twice_extension(run, plan, ctx, rounds), **labels}
-            yield ctx.chunk({}, finished.finish_reason, twice=extension)
-            if include_usage:
-                yield ctx.usage_chunk(usage_info(run.ledger.usage, finished.visible_tokens))
-            outcome = "ok"
-            yield DONE
-        except Exception as exc:
-            error = as_twice_error(exc)
-            if error.status_code >= 500:
-                log.warning("stream %s failed after it started: %s", ctx.request_id, type(exc).__name__)
-            outcome = "backend_error" if error.status_code in (502, 503, 504) else "server_error"
-            self._record(run, plan, rounds, "error")
-            yield sse_error(error)
-            yield DONE
-        finally:
-            self._observe(ctx, "true", outcome)
-
-    def _count_run(self, run: Run, finished: Finished) -> None:
+    def _count_run(self, run: Run, hidden_tokens: int) -> None:
         usage = run.ledger.usage
-        self._metrics.count_tokens(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            max(0, usage.completion_tokens - finished.visible_tokens),
-        )
+        self._metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens, hidden_tokens)
         if run.rounds:
             current = variant()
             self._metrics.rounds.labels(kind="granted", variant=current).inc(run.rounds)
             self._metrics.rounds.labels(kind="used", variant=current).inc(run.rounds_used)
 
-    def _observe(self, ctx: RequestContext, stream: str, outcome: str) -> None:
+    def _observe(self, started: float, stream: str, outcome: str) -> None:
         self._metrics.requests.labels(outcome=outcome, stream=stream).inc()
         self._metrics.request_latency.labels(stream=stream, variant=variant()).observe(
-            time.perf_counter() - ctx.started
+            time.perf_counter() - started
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _FreshAnswer:
+    """A run as the renderer's source: its events, then its usage and `twice` object."""
+
+    run: Run
+    plan: Plan
+    rounds: RoundsDecision
+    request_id: str
+    labels: dict[str, Any]
+    strategies: Mapping[str, Strategy]
+
+    def events(self) -> AsyncIterator[GenerationEvent]:
+        return run_plan(self.plan.strategies, self.strategies, self.run)
+
+    def ending(self, finished_reason: str | None, visible_tokens: int) -> Ending:
+        run = self.run
+        return Ending(
+            finish_reason=finished_reason or "stop",
+            usage=usage_info(run.ledger.usage, visible_tokens),
+            twice={**twice_extension(run, self.plan, self.request_id, self.rounds), **self.labels},
+        )
+
+
+@dataclass
+class _RunListener:
+    service: ChatService
+    run: Run
+    plan: Plan
+    rounds: RoundsDecision
+    started: float
+    stream: bool
+
+    def first_text(self) -> None:
+        if self.stream:
+            self.service._metrics.time_to_first_token.labels(variant=variant()).observe(
+                time.perf_counter() - self.started
+            )
+
+    def answered(self, text: str, ending: Ending) -> None:
+        hidden = ending.usage.completion_tokens_details if ending.usage is not None else None
+        self.service._count_run(self.run, hidden.reasoning_tokens if hidden is not None else 0)
+        self.service._record(self.run, self.plan, self.rounds, "refused" if self.run.refused else "answered")
+
+    async def close(self, outcome: str) -> None:
+        if outcome in ("backend_error", "server_error"):
+            self.service._record(self.run, self.plan, self.rounds, "error")
+        self.service._observe(self.started, "true", outcome)
