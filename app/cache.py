@@ -24,7 +24,7 @@ import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from app.capture import Captured
+from app.account import Answered
 from app.plan import Plan
 from app.protocol.chat import UsageInfo
 from app.render import Ending
@@ -146,10 +146,11 @@ class ResponseCache:
         raw = await self._store.run(lambda _: script(keys=keys))
         return CachedAnswer.from_json(raw) if raw is not None else None
 
-    async def put(self, digest: str, captured: Captured, strategies: str) -> bool:
-        if not (captured.complete and captured.plain and captured.finish_reason):
+    async def put(self, digest: str, answer: Answered, strategies: str) -> bool:
+        if not (answer.complete and answer.plain and answer.finish_reason):
             return False
-        entry = CachedAnswer(captured.content, captured.finish_reason, captured.usage, strategies).to_json()
+        usage = answer.usage.model_dump(exclude_none=True) if answer.usage is not None else None
+        entry = CachedAnswer(answer.text, answer.finish_reason, usage, strategies).to_json()
         if len(entry) > self._settings.max_entry_bytes:
             return False
         script = self._put

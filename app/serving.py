@@ -7,19 +7,19 @@ vllm; every other request runs its plan through `refiners.pipeline.run_plan`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from app.account import Account
 from app.auth import Caller
 from app.backends import GatewayBackend
 from app.errors import InvalidRequest, NotFound, as_twice_error
 from app.fields import extra_fields
 from app.gate import Gate
-from app.metrics import GatewayMetrics, MetricsObserver, outcome_of, variant
+from app.metrics import GatewayMetrics, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
 from app.plan import STRATEGY_HEADER, Plan, parse_plan
 from app.protocol.chat import ChatCompletionRequest
@@ -53,7 +53,6 @@ class ChatService:
         self._gate = gate
         self._backend = backend
         self._metrics = metrics
-        self._observer = MetricsObserver(metrics)
         self._settings = settings
         self._strategies = strategies
         self._rounds = rounds
@@ -68,42 +67,53 @@ class ChatService:
         )
 
     async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller | None = None) -> Response:
-        """Every outcome is counted here, errors included (they are raised on to the one error handler)."""
-        stream = "false"
+        """The request's account is opened here and closed once: here for a JSON response or a failure
+        (raised on to the one error handler), by the stream itself when it ends."""
+        account = Account(self._metrics, self._telemetry)
         try:
-            payload = load_json_object(body)
-            check_limits(payload, self._settings.limits)
-            stream = "true" if payload.get("stream") is True else "false"
-            plan = parse_plan(headers, self._settings.plan)
-            if self._gate is None or caller is None:
-                return await self._serve(payload, body, plan, stream=stream == "true")
-            # Limits, experiment arm and cache lookup; then labels, caching and results on the way out.
-            ticket = await self._gate.open(payload, len(body), headers, plan, caller)
-            if ticket.hit is not None:
-                response = await self._gate.replay(ticket, payload)
-            else:
-                response = await self._serve(
-                    payload, body, ticket.plan, stream=stream == "true", extension=ticket.extension
-                )
-            return await self._gate.finish(ticket, response)
-        except Exception as exc:
-            self._metrics.requests.labels(
-                outcome=outcome_of(as_twice_error(exc).status_code), stream=stream
-            ).inc()
+            response = await self._respond(body, headers, caller, account)
+        except BaseException as exc:
+            # A cancelled request (the client went away) is counted too; closing one keeps nothing, so this
+            # await does not suspend.
+            cancelled = not isinstance(exc, Exception)
+            await account.close("cancelled" if cancelled else outcome_of(as_twice_error(exc).status_code))
             raise
+        if not isinstance(response, StreamingResponse):
+            await account.close(outcome_of(response.status_code))
+        return response
+
+    async def _respond(
+        self, body: bytes, headers: Mapping[str, str], caller: Caller | None, account: Account
+    ) -> Response:
+        payload = load_json_object(body)
+        check_limits(payload, self._settings.limits)
+        account.stream = payload.get("stream") is True
+        plan = parse_plan(headers, self._settings.plan)
+        if self._gate is None or caller is None:
+            return await self._serve(payload, body, plan, account)
+        # Limits, experiment arm and cache lookup; the account keeps the answer (cache, results, limits).
+        ticket = await self._gate.open(payload, len(body), headers, plan, caller)
+        account.variant = ticket.variant
+        account.cache_hit = ticket.hit is not None
+        account.keeper = self._gate.keeper(ticket)
+        if ticket.hit is not None:
+            response = await self._gate.replay(ticket, payload, account)
+        else:
+            response = await self._serve(payload, body, ticket.plan, account, extension=ticket.extension)
+        response.headers.update(ticket.headers())
+        return response
 
     async def _serve(
         self,
         payload: dict[str, Any],
         body: bytes,
         plan: Plan,
-        *,
-        stream: bool,
+        account: Account,
         extension: Mapping[str, Any] | None = None,
     ) -> Response:
         if self._forwarder is not None and not plan.strategies:
-            return await self._pass_through(payload, body, stream=stream)
-        return await self.create(parse_chat_request(payload), plan, extension)
+            return await self._pass_through(payload, body, account)
+        return await self.create(parse_chat_request(payload), plan, account, extension)
 
     async def check_model(self, model: str) -> None:
         if not await self._backend.serves(model):
@@ -115,17 +125,14 @@ class ChatService:
 
     # --- pass-through --------------------------------------------------------------------------------
 
-    async def _pass_through(self, payload: dict[str, Any], body: bytes, *, stream: bool) -> Response:
+    async def _pass_through(self, payload: dict[str, Any], body: bytes, account: Account) -> Response:
         assert self._forwarder is not None
         await self.check_model(payload["model"])
-        started = time.perf_counter()
-        headers = Envelope.new(payload["model"]).headers("none")
-        response = await forward_chat(
-            self._forwarder, body, stream=stream, headers=headers, metrics=self._metrics, started=started
+        envelope = Envelope.new(payload["model"])
+        account.request_id = envelope.request_id
+        return await forward_chat(
+            self._forwarder, body, stream=account.stream, headers=envelope.headers("none"), account=account
         )
-        if not isinstance(response, StreamingResponse):
-            self._observe(started, "false", outcome_of(response.status_code))
-        return response
 
     # --- strategies ----------------------------------------------------------------------------------
 
@@ -155,13 +162,11 @@ class ChatService:
         )
         return messages, sampling
 
-    def _decide_rounds(self, messages: Conversation, plan: Plan) -> RoundsDecision:
+    def _decide_rounds(self, messages: Conversation, plan: Plan, account: Account) -> RoundsDecision:
         if "psr" not in plan.strategies:
             return NO_ROUNDS
         decision = self._rounds.decide(plan.rounds, messages, from_client=plan.client_rounds)
-        self._metrics.rounds_granted.labels(source=decision.source, variant=variant()).observe(
-            decision.granted
-        )
+        account.rounds_decided(decision)
         return decision
 
     def _new_run(
@@ -171,12 +176,13 @@ class ChatService:
         plan: Plan,
         rounds: RoundsDecision,
         envelope: Envelope,
+        account: Account,
     ) -> Run:
         ledger = Ledger(
             backend=self._backend,
             budget=self._settings.budget,
             tracing=plan.trace,
-            observer=self._observer,
+            observer=account.observer(),
             routing_key=envelope.request_id,
             model=envelope.model,
         )
@@ -188,55 +194,35 @@ class ChatService:
             rounds=rounds.granted,
         )
 
-    def _record(self, run: Run, plan: Plan, rounds: RoundsDecision, outcome: str) -> None:
-        """One telemetry entry per finished psr request (not for cancelled ones: their run is partial)."""
-        if self._telemetry is not None and "psr" in plan.strategies:
-            self._telemetry.record(run, rounds, outcome)
-
     async def create(
-        self, request: ChatCompletionRequest, plan: Plan, extension: Mapping[str, Any] | None = None
+        self,
+        request: ChatCompletionRequest,
+        plan: Plan,
+        account: Account,
+        extension: Mapping[str, Any] | None = None,
     ) -> Response:
         """`extension`: fields added to the `twice` object (the experiment and variant)."""
         await self.check_model(request.model)
         messages, sampling = self._conversation(request, plan)
         extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
         envelope = Envelope.new(request.model)
-        started = time.perf_counter()
-        rounds = self._decide_rounds(messages, plan)
-        run = self._new_run(messages, sampling, plan, rounds, envelope)
+        account.request_id = envelope.request_id
+        rounds = self._decide_rounds(messages, plan, account)
+        run = self._new_run(messages, sampling, plan, rounds, envelope, account)
         run.extra = extra
+        account.run_started(run, plan, rounds)
         source = _FreshAnswer(run, plan, rounds, envelope.request_id, dict(extension or {}), self._strategies)
-        listener = _RunListener(self, run, plan, rounds, started, stream=request.stream)
         headers = envelope.headers(plan.applied)
         if "psr" in plan.strategies:
             headers[ROUNDS_GRANTED_HEADER] = str(run.rounds)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return stream_response(
-                render_stream(envelope, source, listener, include_usage=include_usage), headers
+                render_stream(envelope, source, account, include_usage=include_usage), headers
             )
-        try:
-            body = await render_json(envelope, source, listener)
-        except Exception:
-            self._record(run, plan, rounds, "error")
-            raise
-        self._observe(started, "false", "ok")
+        body = await render_json(envelope, source, account)
         headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
         return json_response(body, headers)
-
-    def _count_run(self, run: Run, hidden_tokens: int) -> None:
-        usage = run.ledger.usage
-        self._metrics.count_tokens(usage.prompt_tokens, usage.completion_tokens, hidden_tokens)
-        if run.rounds:
-            current = variant()
-            self._metrics.rounds.labels(kind="granted", variant=current).inc(run.rounds)
-            self._metrics.rounds.labels(kind="used", variant=current).inc(run.rounds_used)
-
-    def _observe(self, started: float, stream: str, outcome: str) -> None:
-        self._metrics.requests.labels(outcome=outcome, stream=stream).inc()
-        self._metrics.request_latency.labels(stream=stream, variant=variant()).observe(
-            time.perf_counter() - started
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,29 +246,3 @@ class _FreshAnswer:
             usage=usage_info(run.ledger.usage, visible_tokens),
             twice={**twice_extension(run, self.plan, self.request_id, self.rounds), **self.labels},
         )
-
-
-@dataclass
-class _RunListener:
-    service: ChatService
-    run: Run
-    plan: Plan
-    rounds: RoundsDecision
-    started: float
-    stream: bool
-
-    def first_text(self) -> None:
-        if self.stream:
-            self.service._metrics.time_to_first_token.labels(variant=variant()).observe(
-                time.perf_counter() - self.started
-            )
-
-    def answered(self, text: str, ending: Ending) -> None:
-        hidden = ending.usage.completion_tokens_details if ending.usage is not None else None
-        self.service._count_run(self.run, hidden.reasoning_tokens if hidden is not None else 0)
-        self.service._record(self.run, self.plan, self.rounds, "refused" if self.run.refused else "answered")
-
-    async def close(self, outcome: str) -> None:
-        if outcome in ("backend_error", "server_error"):
-            self.service._record(self.run, self.plan, self.rounds, "error")
-        self.service._observe(self.started, "true", outcome)
