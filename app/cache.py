@@ -4,8 +4,8 @@ A request is cacheable when it is deterministic (temperature 0, or a seed), asks
 logprobs or a trace, and its body is within `max_entry_bytes`. Its key is the sha256 of a canonical form: the
 body as sorted-key JSON without `stream`, `stream_options` and `user` (they change the delivery, not the
 answer), plus the resolved plan, the model and the caller's tenant (tenants never see each other's entries).
-Only plain text answers that ended normally are stored. A hit is replayed as JSON or, when the request
-streams, as a well-formed SSE stream: a role chunk, content chunks, the final chunk, usage when asked, [DONE].
+Only plain text answers that ended normally are stored. A hit is replayed through the one renderer
+(app/render.py) as the source of its text events (`Replay`): as JSON, or as the stream a fresh answer is.
 
 The cache is bounded in total: at most `max_entries` entries (each at most `max_entry_bytes`), the least
 recently used evicted first. An index (a sorted set of entry keys by last use) is kept beside the entries and
@@ -16,19 +16,21 @@ declared to the script: Redis Cluster would need the entries and the index in on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import Counter
+from pydantic import ValidationError
 
-from app.capture import Captured
+from app.account import Answered
 from app.plan import Plan
-from app.responses import RequestContext
+from app.protocol.chat import UsageInfo
+from app.render import Ending
 from app.settings import CacheSettings
 from app.store import RedisStore, StoreUnavailable
-from app.streaming import DONE, sse_event
+from refiners.base import GenerationEvent, TextPiece
 
 _IGNORED_FIELDS = ("stream", "stream_options", "user")
 _REPLAY_CHUNK_CHARS = 64
@@ -77,6 +79,15 @@ class CachedAnswer:
     def from_json(cls, raw: str | bytes) -> CachedAnswer:
         data = orjson.loads(raw)
         return cls(content=data["c"], finish_reason=data["f"], usage=data["u"], strategies=data["s"])
+
+    def usage_info(self) -> UsageInfo | None:
+        """The usage to replay; None when it was not known (or an older entry holds what it cannot be)."""
+        if self.usage is None:
+            return None
+        try:
+            return UsageInfo.model_validate(self.usage)
+        except ValidationError:
+            return None
 
 
 def is_deterministic(payload: dict[str, Any]) -> bool:
@@ -135,10 +146,11 @@ class ResponseCache:
         raw = await self._store.run(lambda _: script(keys=keys))
         return CachedAnswer.from_json(raw) if raw is not None else None
 
-    async def put(self, digest: str, captured: Captured, strategies: str) -> bool:
-        if not (captured.complete and captured.plain and captured.finish_reason):
+    async def put(self, digest: str, answer: Answered, strategies: str) -> bool:
+        if not (answer.complete and answer.plain and answer.finish_reason):
             return False
-        entry = CachedAnswer(captured.content, captured.finish_reason, captured.usage, strategies).to_json()
+        usage = answer.usage.model_dump(exclude_none=True) if answer.usage is not None else None
+        entry = CachedAnswer(answer.text, answer.finish_reason, usage, strategies).to_json()
         if len(entry) > self._settings.max_entry_bytes:
             return False
         script = self._put
@@ -155,50 +167,23 @@ class ResponseCache:
         return True
 
 
-def replay_json(answer: CachedAnswer, ctx: RequestContext, extension: dict[str, Any]) -> bytes:
-    body: dict[str, Any] = {
-        "id": ctx.request_id,
-        "object": "chat.completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.content},
-                "logprobs": None,
-                "finish_reason": answer.finish_reason,
-            }
-        ],
-        "twice": {"request_id": ctx.request_id, "cache": "hit", **extension},
-    }
-    if answer.usage is not None:
-        body["usage"] = answer.usage
-    return orjson.dumps(body)
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A cached answer as a source of text events for the renderer (app/render.py), in slices of
+    `_REPLAY_CHUNK_CHARS` characters, as a stream delivers text."""
 
+    answer: CachedAnswer
+    request_id: str
+    extension: Mapping[str, Any]
 
-async def replay_stream(
-    answer: CachedAnswer, ctx: RequestContext, extension: dict[str, Any], include_usage: bool
-) -> AsyncIterator[bytes]:
-    yield ctx.chunk({"role": "assistant", "content": ""})
-    text = answer.content
-    for start in range(0, len(text), _REPLAY_CHUNK_CHARS):
-        yield ctx.chunk({"content": text[start : start + _REPLAY_CHUNK_CHARS]})
-    yield ctx.chunk(
-        {}, answer.finish_reason, twice={"request_id": ctx.request_id, "cache": "hit", **extension}
-    )
-    if include_usage and answer.usage is not None:
-        yield _usage_chunk(ctx, answer.usage)
-    yield DONE
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        text = self.answer.content
+        for start in range(0, len(text), _REPLAY_CHUNK_CHARS):
+            yield TextPiece(text[start : start + _REPLAY_CHUNK_CHARS])
 
-
-def _usage_chunk(ctx: RequestContext, usage: dict[str, Any]) -> bytes:
-    return sse_event(
-        {
-            "id": ctx.request_id,
-            "object": "chat.completion.chunk",
-            "created": ctx.created,
-            "model": ctx.model,
-            "choices": [],
-            "usage": usage,
-        }
-    )
+    def ending(self, finished_reason: str | None, visible_tokens: int) -> Ending:
+        return Ending(
+            finish_reason=self.answer.finish_reason,
+            usage=self.answer.usage_info(),
+            twice={"request_id": self.request_id, "cache": "hit", **self.extension},
+        )

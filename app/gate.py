@@ -1,9 +1,10 @@
 """What happens around a chat request before and after the model: limits, experiment, cache, results.
 
 `ChatService.handle` asks `Gate.open` for a `Ticket` (rate limits counted, the plan resolved from the
-experiment, the cache looked up), serves the request, and hands the response to `Gate.close`, which labels it
-(`X-Twice-Variant`, `X-Twice-Cache`) and, once the answer is complete, stores it in the cache, counts it for
-its variant and spends its tokens. Every Redis failure here degrades to serving without Redis.
+experiment, the cache looked up), labels the response with it (`X-Twice-Variant`, `X-Twice-Cache`), and gives
+the request's account the gate's `keeper`: once the answer is complete, the account hands it over to be stored
+in the cache, counted for its variant and spent against the caller's token limit. Every Redis failure here
+degrades to serving without Redis.
 
 Plan resolution: the experiment named by `X-Twice-Experiment` (400 if unknown), else the server's default
 experiment (ignored with a warning if unknown), else none. An explicit `X-Twice-Strategy` leaves the
@@ -15,27 +16,26 @@ experiment only when `allow_override` is on. The subject assigned is the request
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from app.account import Account, Answered, Keeper
 from app.auth import Caller, KeyRing
-from app.cache import ResponseCache, cache_key, cacheable, replay_json, replay_stream
-from app.capture import Captured, capture_json, capture_stream
+from app.cache import Replay, ResponseCache, cache_key, cacheable
 from app.errors import InvalidRequest
 from app.experiment_store import ExperimentStore
 from app.experiments import assign
-from app.metrics import NO_VARIANT, GatewayMetrics, current_variant
+from app.metrics import NO_VARIANT, GatewayMetrics
 from app.plan import STRATEGY_HEADER, Plan, with_required
 from app.ratelimit import RateLimiter
-from app.responses import RequestContext
+from app.render import Envelope, json_response, render_json, render_stream, stream_response
 from app.results import Attribution, Outcome, Results
 from app.settings import Settings
 from app.store import RedisStore, StoreUnavailable
-from app.streaming import SSE_HEADERS
 
 log = logging.getLogger("twice.gate")
 
@@ -49,7 +49,6 @@ CACHE_HEADER = "X-Twice-Cache"
 class Ticket:
     plan: Plan
     caller: Caller
-    started: float
     experiment: str | None = None
     variant: str = NO_VARIANT
     attribution: Attribution | None = None
@@ -93,9 +92,8 @@ class Gate:
     async def open(
         self, payload: dict[str, Any], body_size: int, headers: Mapping[str, str], plan: Plan, caller: Caller
     ) -> Ticket:
-        ticket = Ticket(plan=plan, caller=caller, started=time.perf_counter())
+        ticket = Ticket(plan=plan, caller=caller)
         self._resolve(ticket, payload, headers)
-        current_variant.set(ticket.variant)
         await self.limiter.admit(caller.limit_subject)
         if cacheable(payload, ticket.plan, body_size, self._settings.cache):
             await self._look_up(ticket, payload)
@@ -157,56 +155,40 @@ class Gate:
 
     # --- a cached answer -------------------------------------------------------------------------------
 
-    def replay(self, ticket: Ticket, payload: dict[str, Any]) -> Response:
-        ctx = RequestContext.new(str(payload["model"]))
-        headers = {**ctx.headers(), "X-Twice-Strategy-Applied": ticket.hit.strategies}
-        stream = payload.get("stream") is True
-        self._metrics.requests.labels(outcome="ok", stream="true" if stream else "false").inc()
-        if stream:
+    async def replay(self, ticket: Ticket, payload: dict[str, Any], account: Account) -> Response:
+        """The cached answer, through the same renderer as a fresh one."""
+        envelope = Envelope.new(str(payload["model"]))
+        account.request_id = envelope.request_id
+        headers = envelope.headers(ticket.hit.strategies)
+        source = Replay(ticket.hit, envelope.request_id, ticket.extension)
+        if payload.get("stream") is True:
             options = payload.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = replay_stream(ticket.hit, ctx, ticket.extension, include_usage)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            return stream_response(
+                render_stream(envelope, source, account, include_usage=include_usage), headers
             )
-        body = replay_json(ticket.hit, ctx, ticket.extension)
-        return Response(body, media_type="application/json", headers=headers)
+        return json_response(await render_json(envelope, source, account), headers)
 
     # --- after -----------------------------------------------------------------------------------------
 
-    def _needs_capture(self, ticket: Ticket) -> bool:
+    def keeper(self, ticket: Ticket) -> Keeper | None:
+        """What to do with the request's complete answer, or None when nothing needs it."""
         storing = ticket.cache_result == "miss"
-        return storing or ticket.attribution is not None or self.limiter.counts_tokens
+        if storing or ticket.attribution is not None or self.limiter.counts_tokens:
+            return partial(self._keep, ticket)
+        return None
 
-    async def finish(self, ticket: Ticket, response: Response) -> Response:
-        """Label the response; once its answer is complete, cache it, count it and spend its tokens."""
-        for name, value in ticket.headers().items():
-            response.headers[name] = value
-        if response.status_code != 200 or not self._needs_capture(ticket):
-            return response
-        request_id = response.headers.get("x-twice-request-id", "")
-
-        async def done(captured: Captured) -> None:
-            await self._account(ticket, request_id, captured)
-
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = capture_stream(response.body_iterator, done)
-        else:
-            await done(capture_json(bytes(response.body)))
-        return response
-
-    async def _account(self, ticket: Ticket, request_id: str, captured: Captured) -> None:
-        if not captured.complete:
-            return
-        tokens = None if ticket.hit is not None else captured.tokens()
+    async def _keep(self, ticket: Ticket, request_id: str, answer: Answered, latency_s: float) -> None:
+        """Cache the answer, count it for its variant, spend its tokens (a cache hit spent none)."""
+        tokens = None if ticket.hit is not None else answer.tokens()
         if ticket.cache_result == "miss" and ticket.cache_digest is not None:
-            await self.cache.put(ticket.cache_digest, captured, ticket.plan.applied)
+            await self.cache.put(ticket.cache_digest, answer, ticket.plan.applied)
         if ticket.attribution is not None and request_id:
             outcome = Outcome(
-                finish_reason=captured.finish_reason,
+                finish_reason=answer.finish_reason,
                 prompt_tokens=tokens[0] if tokens else None,
                 completion_tokens=tokens[1] if tokens else None,
-                latency_s=time.perf_counter() - ticket.started,
+                latency_s=latency_s,
             )
             await self.results.record(request_id, ticket.attribution, ticket.caller.key_id, outcome)
         if tokens:

@@ -8,8 +8,6 @@ the request's `variant`.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.rounds import ROUNDS_SOURCES
@@ -23,18 +21,11 @@ OUTCOMES = ("ok", "client_error", "rate_limited", "backend_error", "server_error
 CACHE_RESULTS = ("hit", "miss", "skipped")
 
 NO_VARIANT = "none"
-current_variant: ContextVar[str] = ContextVar("twice_variant", default=NO_VARIANT)
-"""The experiment variant serving the current request (a configured variant name, or `none`). A context
-variable because a relayed stream counts its outcome when it ends, outside the service's frame."""
-
-
-def variant() -> str:
-    """The current request's experiment variant, for the `variant` label."""
-    return current_variant.get()
+"""The `variant` label of a request no experiment serves."""
 
 
 class RequestCounter:
-    """`twice_requests_total{outcome, stream, variant}`; `variant` defaults to the current request's."""
+    """`twice_requests_total{outcome, stream, variant}`, counted by each request's account."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counter = Counter(
@@ -44,8 +35,8 @@ class RequestCounter:
             registry=registry,
         )
 
-    def labels(self, *, outcome: str, stream: str, variant: str | None = None) -> Counter:
-        return self.counter.labels(outcome=outcome, stream=stream, variant=variant or current_variant.get())
+    def labels(self, *, outcome: str, stream: str, variant: str = NO_VARIANT) -> Counter:
+        return self.counter.labels(outcome=outcome, stream=stream, variant=variant)
 
 
 def outcome_of(status_code: int) -> str:
@@ -219,23 +210,27 @@ class GatewayMetrics:
 
 
 class MetricsObserver:
-    """The strategies' `refiners.ledger.Observer`, counting into the gateway's metrics."""
+    """The strategies' `refiners.ledger.Observer` for one request, counting into the gateway's metrics under
+    the request's experiment variant."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    __slots__ = ("_metrics", "_variant")
+
+    def __init__(self, metrics: GatewayMetrics, variant: str = NO_VARIANT) -> None:
         self._metrics = metrics
+        self._variant = variant
 
     def backend_call(self, strategy: str, purpose: str, seconds: float) -> None:
         self._metrics.backend_calls.labels(purpose=purpose).inc()
         self._metrics.backend_latency.labels(purpose=purpose).observe(seconds)
 
     def verdict(self, result: VerdictResult) -> None:
-        self._metrics.verdicts.labels(result=result, variant=variant()).inc()
+        self._metrics.verdicts.labels(result=result, variant=self._variant).inc()
 
     def backtrack(self) -> None:
-        self._metrics.backtracks.labels(variant=variant()).inc()
+        self._metrics.backtracks.labels(variant=self._variant).inc()
 
     def refusal(self, reason: str) -> None:
-        self._metrics.refusals.labels(reason=reason, variant=variant()).inc()
+        self._metrics.refusals.labels(reason=reason, variant=self._variant).inc()
 
     def strategy_time(self, strategy: str, seconds: float) -> None:
         self._metrics.strategy_time.labels(strategy=strategy).observe(seconds)

@@ -1,57 +1,14 @@
-"""Building the OpenAI response objects (and the `twice` extension) from a finished or running request."""
+"""What a run tells the client besides its text: its usage and the `twice` extension object."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from app.plan import Plan
 from app.protocol.chat import CompletionTokensDetails, PromptTokensDetails, UsageInfo
 from app.rounds import RoundsDecision
-from app.streaming import sse_event
 from refiners.backend import Usage
 from refiners.base import Run
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    request_id: str
-    created: int
-    started: float
-    model: str
-
-    @classmethod
-    def new(cls, model: str) -> RequestContext:
-        return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.perf_counter(), model)
-
-    def headers(self) -> dict[str, str]:
-        return {"X-Twice-Request-Id": self.request_id}
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        return sse_event(
-            {
-                "id": self.request_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                **extra,
-            }
-        )
-
-    def usage_chunk(self, usage: UsageInfo) -> bytes:
-        return sse_event(
-            {
-                "id": self.request_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage.model_dump(exclude_none=True),
-            }
-        )
 
 
 def usage_info(usage: Usage, visible_tokens: int | None = None) -> UsageInfo:
@@ -67,12 +24,12 @@ def usage_info(usage: Usage, visible_tokens: int | None = None) -> UsageInfo:
 
 
 def twice_extension(
-    run: Run, plan: Plan, ctx: RequestContext, rounds: RoundsDecision | None = None
+    run: Run, plan: Plan, request_id: str, rounds: RoundsDecision | None = None
 ) -> dict[str, Any]:
     """`rounds` adds how the psr rounds were chosen (asked, predicted, source) to `rounds`."""
     ledger = run.ledger
     extension: dict[str, Any] = {
-        "request_id": ctx.request_id,
+        "request_id": request_id,
         "strategies": list(plan.strategies),
         "required": list(plan.required),
         "rounds": {
@@ -91,7 +48,3 @@ def twice_extension(
     if plan.trace:
         extension["trace"] = [step.to_dict() for step in ledger.steps]
     return extension
-
-
-def plan_headers(plan: Plan, ctx: RequestContext) -> dict[str, str]:
-    return {**ctx.headers(), "X-Twice-Strategy-Applied": plan.applied}

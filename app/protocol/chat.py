@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from refiners.backend import ChatMessage
 
@@ -111,8 +119,47 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
-    usage: UsageInfo
+    usage: UsageInfo | None = None
+    """None only for a cached answer whose usage was not known."""
     twice: dict[str, Any] | None = None
+
+
+class _OmitsNone(BaseModel):
+    """Fields left None are left out of the JSON, as OpenAI's chunks leave them out; other models write the
+    nulls their fields hold (a chunk choice's `logprobs` and `finish_reason`)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {name: value for name, value in handler(self).items() if value is not None}
+
+
+class ChunkDelta(_OmitsNone):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_OmitsNone):
+    """One event of a streamed answer: a delta of one choice, or (with no choice) the usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: UsageInfo | None = None
+    twice: dict[str, Any] | None = None
+
+    @field_serializer("usage")
+    def _usage_as_reported(self, usage: UsageInfo | None) -> dict[str, Any] | None:
+        # The body leaves out usage details it does not know (exclude_none); so does the chunk.
+        return None if usage is None else usage.model_dump(exclude_none=True)
 
 
 class ModelCard(BaseModel):
