@@ -27,13 +27,13 @@ from app.account import Account, Answered, Keeper
 from app.auth import Caller, KeyRing
 from app.cache import Replay, ResponseCache, cache_key, cacheable
 from app.errors import InvalidRequest
-from app.experiment_store import ExperimentStore
-from app.experiments import assign
+from app.experiments.results import Attribution, Outcome, Results
+from app.experiments.spec import assign
+from app.experiments.store import ExperimentStore
 from app.metrics import NO_VARIANT, GatewayMetrics
 from app.plan import STRATEGY_HEADER, Plan, with_required
 from app.ratelimit import RateLimiter
 from app.render import Envelope, json_response, render_json, render_stream, stream_response
-from app.results import Attribution, Outcome, Results
 from app.settings import Settings
 from app.store import RedisStore, StoreUnavailable
 

@@ -11,9 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, status
 
 from app.api.deps import ServicesDep, require_admin
-from app.errors import InvalidRequest
-from app.experiment_store import Conflict
-from app.experiments import Experiment, ExperimentSpec
+from app.errors import Conflict, InvalidRequest
+from app.experiments.spec import Experiment, ExperimentSpec
 from app.protocol.admin import Deleted, ExperimentList, ExperimentPatch, ExperimentRecord, HistoryEntry
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
