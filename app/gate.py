@@ -24,7 +24,7 @@ from typing import Any
 from starlette.responses import Response
 
 from app.account import Account, Answered, Keeper
-from app.auth import Caller, KeyRing
+from app.auth import Caller
 from app.cache import Replay, ResponseCache, cache_key, cacheable
 from app.errors import InvalidRequest
 from app.experiments.results import Attribution, Outcome, Results
@@ -67,25 +67,21 @@ class Ticket:
 
 
 class Gate:
-    def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        store: RedisStore,
+        experiments: ExperimentStore,
+        results: Results,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self.store = RedisStore(settings.redis, metrics)
-        self.keys = KeyRing(settings.auth)
-        self.experiments = ExperimentStore(self.store, settings.experiments, settings.plan)
-        self.results = Results(self.store, settings.experiments.attribution_ttl_s)
-        self.limiter = RateLimiter(self.store, settings.limits)
-        self.cache = ResponseCache(self.store, settings.cache, metrics.cache_evictions)
+        self.experiments = experiments
+        self._results = results
+        self.limiter = RateLimiter(store, settings.limits)
+        self.cache = ResponseCache(store, settings.cache, metrics.cache_evictions)
         self._warned: set[str] = set()
-
-    async def start(self) -> None:
-        if self.store.client is not None:
-            await self.store.check()
-        await self.experiments.start()
-
-    async def close(self) -> None:
-        await self.experiments.close()
-        await self.store.close()
 
     # --- before ----------------------------------------------------------------------------------------
 
@@ -190,6 +186,6 @@ class Gate:
                 completion_tokens=tokens[1] if tokens else None,
                 latency_s=latency_s,
             )
-            await self.results.record(request_id, ticket.attribution, ticket.caller.key_id, outcome)
+            await self._results.record(request_id, ticket.attribution, ticket.caller.key_id, outcome)
         if tokens:
             await self.limiter.spend(ticket.caller.limit_subject, sum(tokens))
