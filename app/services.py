@@ -14,6 +14,7 @@ from app.gate import Gate
 from app.metrics import GatewayMetrics
 from app.passthrough import ForwardingBackend
 from app.plan import parse_plan
+from app.plan_resolver import PlanResolver
 from app.rounds import RoundsPolicy
 from app.serving import ChatService
 from app.settings import Settings
@@ -38,7 +39,7 @@ class Services:
     results: Results
     """What each variant served and the feedback on it (app/experiments/results.py)."""
     gate: Gate
-    """Around a chat request: experiment arm, rate limits, response cache (app/gate.py)."""
+    """Around a chat request: rate limits, response cache, the answer kept (app/gate.py)."""
     chat: ChatService
     telemetry: Telemetry | None
     """The psr telemetry writer (app/telemetry.py), when telemetry and Redis are on."""
@@ -67,7 +68,7 @@ class Services:
         store = RedisStore(settings.redis, metrics)
         experiments = ExperimentStore(store, settings.experiments, settings.plan)
         results = Results(store, settings.experiments.attribution_ttl_s)
-        gate = Gate(settings, metrics, store, experiments, results)
+        gate = Gate(settings, metrics, store, results)
         telemetry = (
             Telemetry(store, settings.telemetry, metrics)
             if settings.telemetry.enabled and settings.redis.enabled
@@ -80,6 +81,7 @@ class Services:
             strategies,
             RoundsPolicy.from_settings(settings.plan),  # a bad predictor artifact stops start-up
             forwarder,
+            plans=PlanResolver(settings, experiments),
             gate=gate,
             telemetry=telemetry,
         )

@@ -21,7 +21,8 @@ from app.fields import extra_fields
 from app.gate import Gate
 from app.metrics import GatewayMetrics, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
-from app.plan import STRATEGY_HEADER, Plan, parse_plan
+from app.plan import STRATEGY_HEADER, Plan
+from app.plan_resolver import PlanResolver, ResolvedPlan, subject_of
 from app.protocol.chat import ChatCompletionRequest
 from app.render import Ending, Envelope, json_response, render_json, render_stream, stream_response
 from app.requests import check_limits, load_json_object, parse_chat_request
@@ -46,10 +47,13 @@ class ChatService:
         settings: Settings,
         strategies: Mapping[str, Strategy],
         rounds: RoundsPolicy,
-        forwarder: ForwardingBackend | None = None,
-        gate: Gate | None = None,
+        forwarder: ForwardingBackend | None,
+        *,
+        plans: PlanResolver,
+        gate: Gate,
         telemetry: Telemetry | None = None,
     ) -> None:
+        self._plans = plans
         self._gate = gate
         self._backend = backend
         self._metrics = metrics
@@ -66,7 +70,7 @@ class ChatService:
             budget=settings.budget,
         )
 
-    async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller | None = None) -> Response:
+    async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller) -> Response:
         """The request's account is opened here and closed once: here for a JSON response or a failure
         (raised on to the one error handler), by the stream itself when it ends."""
         account = Account(self._metrics, self._telemetry)
@@ -83,23 +87,23 @@ class ChatService:
         return response
 
     async def _respond(
-        self, body: bytes, headers: Mapping[str, str], caller: Caller | None, account: Account
+        self, body: bytes, headers: Mapping[str, str], caller: Caller, account: Account
     ) -> Response:
         payload = load_json_object(body)
         check_limits(payload, self._settings.limits)
         account.stream = payload.get("stream") is True
-        plan = parse_plan(headers, self._settings.plan)
-        if self._gate is None or caller is None:
-            return await self._serve(payload, body, plan, account)
-        # Limits, experiment arm and cache lookup; the account keeps the answer (cache, results, limits).
-        ticket = await self._gate.open(payload, len(body), headers, plan, caller)
-        account.variant = ticket.variant
-        account.cache_hit = ticket.hit is not None
+        # The plan, once: headers, experiment arm, required strategies. Nothing below changes it.
+        resolved = self._plans.resolve(headers, subject_of(payload.get("user"), headers, caller))
+        # Limits and cache lookup; the account keeps the answer (cache, results, limits).
+        ticket = await self._gate.open(payload, len(body), resolved, caller)
+        account.variant = resolved.variant
         account.keeper = self._gate.keeper(ticket)
-        if ticket.hit is not None:
-            response = await self._gate.replay(ticket, payload, account)
+        hit = ticket.hit
+        if hit is not None:
+            account.cache_hit = True
+            response = await self._gate.replay(ticket, hit, payload, account)
         else:
-            response = await self._serve(payload, body, ticket.plan, account, extension=ticket.extension)
+            response = await self._serve(payload, body, resolved, account)
         response.headers.update(ticket.headers())
         return response
 
@@ -107,13 +111,12 @@ class ChatService:
         self,
         payload: dict[str, Any],
         body: bytes,
-        plan: Plan,
+        resolved: ResolvedPlan,
         account: Account,
-        extension: Mapping[str, Any] | None = None,
     ) -> Response:
-        if self._forwarder is not None and not plan.strategies:
+        if self._forwarder is not None and not resolved.plan.strategies:
             return await self._pass_through(payload, body, account)
-        return await self.create(parse_chat_request(payload), plan, account, extension)
+        return await self.create(parse_chat_request(payload), resolved.plan, account, resolved.extension())
 
     async def check_model(self, model: str) -> None:
         if not await self._backend.serves(model):
