@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 from starlette.responses import Response
 
@@ -24,6 +24,7 @@ from app.metrics import GatewayMetrics
 from app.plan_resolver import ResolvedPlan
 from app.ratelimit import RateLimiter
 from app.render import Envelope, json_response, render_json, render_stream, stream_response
+from app.requests import ChatBody
 from app.settings import Settings
 from app.store import RedisStore, StoreUnavailable
 
@@ -68,21 +69,17 @@ class Gate:
 
     # --- before ----------------------------------------------------------------------------------------
 
-    async def open(
-        self, payload: dict[str, Any], body_size: int, resolved: ResolvedPlan, caller: Caller
-    ) -> Ticket:
+    async def open(self, body: ChatBody, resolved: ResolvedPlan, caller: Caller) -> Ticket:
         await self.limiter.admit(caller.limit_subject)
         lookup: CacheLookup | None = None
-        if cacheable(payload, resolved.plan, body_size, self._settings.cache):
-            lookup = await self._look_up(payload, resolved, caller)
+        if cacheable(body.payload, resolved.plan, len(body.raw), self._settings.cache):
+            lookup = await self._look_up(body, resolved, caller)
         elif self._settings.cache.enabled:
             self._metrics.cache_lookups.labels(result="skipped").inc()
         return Ticket(resolved, caller, lookup)
 
-    async def _look_up(
-        self, payload: dict[str, Any], resolved: ResolvedPlan, caller: Caller
-    ) -> CacheLookup | None:
-        digest = cache_key(payload, resolved.plan, caller.tenant)
+    async def _look_up(self, body: ChatBody, resolved: ResolvedPlan, caller: Caller) -> CacheLookup | None:
+        digest = cache_key(body.payload, resolved.plan, caller.tenant)
         try:
             hit = await self.cache.get(digest)
         except StoreUnavailable:
@@ -94,19 +91,15 @@ class Gate:
 
     # --- a cached answer -------------------------------------------------------------------------------
 
-    async def replay(
-        self, ticket: Ticket, hit: CachedAnswer, payload: dict[str, Any], account: Account
-    ) -> Response:
+    async def replay(self, ticket: Ticket, hit: CachedAnswer, body: ChatBody, account: Account) -> Response:
         """The cached answer, through the same renderer as a fresh one."""
-        envelope = Envelope.new(str(payload["model"]))
+        envelope = Envelope.new(body.model)
         account.request_id = envelope.request_id
         headers = envelope.headers(hit.strategies)
         source = Replay(hit, envelope.request_id, ticket.resolved.extension())
-        if payload.get("stream") is True:
-            options = payload.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if body.stream:
             return stream_response(
-                render_stream(envelope, source, account, include_usage=include_usage), headers
+                render_stream(envelope, source, account, include_usage=body.include_usage), headers
             )
         return json_response(await render_json(envelope, source, account), headers)
 
