@@ -90,7 +90,7 @@ class CachedAnswer:
             return None
 
 
-def is_deterministic(payload: dict[str, Any]) -> bool:
+def is_deterministic(payload: Mapping[str, Any]) -> bool:
     temperature = payload.get("temperature")
     seed = payload.get("seed")
     zero = isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature == 0
@@ -98,7 +98,7 @@ def is_deterministic(payload: dict[str, Any]) -> bool:
     return zero or seeded
 
 
-def cacheable(payload: dict[str, Any], plan: Plan, body_size: int, settings: CacheSettings) -> bool:
+def cacheable(payload: Mapping[str, Any], plan: Plan, body_size: int, settings: CacheSettings) -> bool:
     return (
         settings.enabled
         and body_size <= settings.max_entry_bytes
@@ -109,7 +109,7 @@ def cacheable(payload: dict[str, Any], plan: Plan, body_size: int, settings: Cac
     )
 
 
-def cache_key(payload: dict[str, Any], plan: Plan, tenant: str) -> str:
+def cache_key(payload: Mapping[str, Any], plan: Plan, tenant: str) -> str:
     canonical = {k: v for k, v in payload.items() if k not in _IGNORED_FIELDS}
     material = orjson.dumps(
         {

@@ -5,11 +5,14 @@
     ├── Unauthorized                401 invalid_request_error  (missing or wrong API key)
     ├── PermissionDenied            403 invalid_request_error
     ├── NotFound                    404 invalid_request_error  (unknown model: code model_not_found)
+    ├── Conflict                    409 invalid_request_error  (experiment changed meanwhile, feedback twice)
     ├── PayloadTooLarge             413 invalid_request_error
     ├── HeadersTooLarge             431 invalid_request_error  (too many or too large request headers)
     ├── RateLimited                 429 rate_limit_exceeded    (with Retry-After)
     ├── UpstreamError               502 upstream_error         (the backend answered garbage or an error)
     ├── UpstreamUnavailable         503 service_unavailable    (backend unreachable)
+    ├── RedisUnavailable            503 service_unavailable    (Redis down: experiment changes, feedback)
+    ├── LimiterUnavailable          503 service_unavailable    (rate limits on, their Redis down)
     └── UpstreamTimeout             504 timeout                (backend too slow)
 
 Handlers raise; `install_error_handlers` maps every exception, including pydantic validation errors and
@@ -86,6 +89,12 @@ class NotFound(TwiceError):
     default_code = "not_found"
 
 
+class Conflict(TwiceError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class PayloadTooLarge(TwiceError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -114,6 +123,18 @@ class UpstreamUnavailable(TwiceError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "backend_unavailable"
+
+
+class RedisUnavailable(TwiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "redis_unavailable"
+
+
+class LimiterUnavailable(TwiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "rate_limiter_unavailable"
 
 
 class UpstreamTimeout(TwiceError):

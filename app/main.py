@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
             "twice ready: backend=%s model=%s redis=%s",
             settings.backend,
             chosen.model,
-            services.gate.store.state,
+            services.store.state,
         )
         try:
             yield

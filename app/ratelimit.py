@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from app.errors import RateLimited, TwiceError
+from app.errors import LimiterUnavailable, RateLimited
 from app.settings import LimitSettings
 from app.store import RedisStore, StoreUnavailable
 
@@ -47,12 +47,6 @@ redis.call('INCRBY', tokens_key, ARGV[1])
 redis.call('EXPIRE', tokens_key, ARGV[2] * 2)
 return 1
 """
-
-
-class LimiterUnavailable(TwiceError):
-    status_code = 503
-    error_type = "service_unavailable"
-    default_code = "rate_limiter_unavailable"
 
 
 class RateLimiter:

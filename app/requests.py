@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,7 +45,7 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def check_limits(payload: dict[str, Any], limits: LimitSettings) -> None:
+def check_limits(payload: Mapping[str, Any], limits: LimitSettings) -> None:
     """Bounds that hold on every path, the pass-through included."""
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -66,7 +68,7 @@ def check_limits(payload: dict[str, Any], limits: LimitSettings) -> None:
             )
 
 
-def parse_chat_request(payload: dict[str, Any]) -> ChatCompletionRequest:
+def parse_chat_request(payload: Mapping[str, Any]) -> ChatCompletionRequest:
     try:
         parsed = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -75,3 +77,39 @@ def parse_chat_request(payload: dict[str, Any]) -> ChatCompletionRequest:
     if ignored:
         log.info("ignoring unsupported request fields: %s", ", ".join(ignored))
     return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class ChatBody:
+    """A chat request's body, read once: its bytes (the pass-through relays them as they are), its JSON object
+    (the cache key's material) and the facts every path reads. The typed request is parsed from it only where
+    strategies run (`typed`): the pass-through and a cache hit do not need it."""
+
+    raw: bytes
+    payload: Mapping[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    """A stream ends with a usage chunk (`stream_options.include_usage`)."""
+    user: str | None
+
+    def typed(self) -> ChatCompletionRequest:
+        return parse_chat_request(self.payload)
+
+
+def read_chat_body(raw: bytes, limits: LimitSettings) -> ChatBody:
+    """The body as JSON within `limits` (400 otherwise). `stream` and `include_usage` are read as strictly as
+    the typed request reads them (true only when exactly `true`)."""
+    payload = load_json_object(raw)
+    check_limits(payload, limits)
+    stream = payload.get("stream") is True
+    options = payload.get("stream_options")
+    user = payload.get("user")
+    return ChatBody(
+        raw=raw,
+        payload=payload,
+        model=payload["model"],
+        stream=stream,
+        include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
+        user=user if isinstance(user, str) else None,
+    )

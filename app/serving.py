@@ -21,10 +21,11 @@ from app.fields import extra_fields
 from app.gate import Gate
 from app.metrics import GatewayMetrics, outcome_of
 from app.passthrough import ForwardingBackend, forward_chat
-from app.plan import STRATEGY_HEADER, Plan, parse_plan
+from app.plan import STRATEGY_HEADER, Plan
+from app.plan_resolver import PlanResolver, ResolvedPlan, subject_of
 from app.protocol.chat import ChatCompletionRequest
 from app.render import Ending, Envelope, json_response, render_json, render_stream, stream_response
-from app.requests import check_limits, load_json_object, parse_chat_request
+from app.requests import ChatBody, read_chat_body
 from app.responses import twice_extension, usage_info
 from app.rounds import NO_ROUNDS, ROUNDS_GRANTED_HEADER, RoundsDecision, RoundsPolicy
 from app.settings import Settings
@@ -46,10 +47,13 @@ class ChatService:
         settings: Settings,
         strategies: Mapping[str, Strategy],
         rounds: RoundsPolicy,
-        forwarder: ForwardingBackend | None = None,
-        gate: Gate | None = None,
+        forwarder: ForwardingBackend | None,
+        *,
+        plans: PlanResolver,
+        gate: Gate,
         telemetry: Telemetry | None = None,
     ) -> None:
+        self._plans = plans
         self._gate = gate
         self._backend = backend
         self._metrics = metrics
@@ -66,7 +70,7 @@ class ChatService:
             budget=settings.budget,
         )
 
-    async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller | None = None) -> Response:
+    async def handle(self, body: bytes, headers: Mapping[str, str], caller: Caller) -> Response:
         """The request's account is opened here and closed once: here for a JSON response or a failure
         (raised on to the one error handler), by the stream itself when it ends."""
         account = Account(self._metrics, self._telemetry)
@@ -83,37 +87,34 @@ class ChatService:
         return response
 
     async def _respond(
-        self, body: bytes, headers: Mapping[str, str], caller: Caller | None, account: Account
+        self, body: bytes, headers: Mapping[str, str], caller: Caller, account: Account
     ) -> Response:
-        payload = load_json_object(body)
-        check_limits(payload, self._settings.limits)
-        account.stream = payload.get("stream") is True
-        plan = parse_plan(headers, self._settings.plan)
-        if self._gate is None or caller is None:
-            return await self._serve(payload, body, plan, account)
-        # Limits, experiment arm and cache lookup; the account keeps the answer (cache, results, limits).
-        ticket = await self._gate.open(payload, len(body), headers, plan, caller)
-        account.variant = ticket.variant
-        account.cache_hit = ticket.hit is not None
+        chat = read_chat_body(body, self._settings.limits)
+        account.stream = chat.stream
+        # The plan, once: headers, experiment arm, required strategies. Nothing below changes it.
+        resolved = self._plans.resolve(headers, subject_of(chat.user, headers, caller))
+        # Limits and cache lookup; the account keeps the answer (cache, results, limits).
+        ticket = await self._gate.open(chat, resolved, caller)
+        account.variant = resolved.variant
         account.keeper = self._gate.keeper(ticket)
-        if ticket.hit is not None:
-            response = await self._gate.replay(ticket, payload, account)
+        hit = ticket.hit
+        if hit is not None:
+            account.cache_hit = True
+            response = await self._gate.replay(ticket, hit, chat, account)
         else:
-            response = await self._serve(payload, body, ticket.plan, account, extension=ticket.extension)
+            response = await self._serve(chat, resolved, account)
         response.headers.update(ticket.headers())
         return response
 
     async def _serve(
         self,
-        payload: dict[str, Any],
-        body: bytes,
-        plan: Plan,
+        body: ChatBody,
+        resolved: ResolvedPlan,
         account: Account,
-        extension: Mapping[str, Any] | None = None,
     ) -> Response:
-        if self._forwarder is not None and not plan.strategies:
-            return await self._pass_through(payload, body, account)
-        return await self.create(parse_chat_request(payload), plan, account, extension)
+        if self._forwarder is not None and not resolved.plan.strategies:
+            return await self._pass_through(body, account)
+        return await self.create(body, resolved.plan, account, resolved.extension())
 
     async def check_model(self, model: str) -> None:
         if not await self._backend.serves(model):
@@ -125,13 +126,13 @@ class ChatService:
 
     # --- pass-through --------------------------------------------------------------------------------
 
-    async def _pass_through(self, payload: dict[str, Any], body: bytes, account: Account) -> Response:
+    async def _pass_through(self, body: ChatBody, account: Account) -> Response:
         assert self._forwarder is not None
-        await self.check_model(payload["model"])
-        envelope = Envelope.new(payload["model"])
+        await self.check_model(body.model)
+        envelope = Envelope.new(body.model)
         account.request_id = envelope.request_id
         return await forward_chat(
-            self._forwarder, body, stream=account.stream, headers=envelope.headers("none"), account=account
+            self._forwarder, body.raw, stream=body.stream, headers=envelope.headers("none"), account=account
         )
 
     # --- strategies ----------------------------------------------------------------------------------
@@ -196,12 +197,13 @@ class ChatService:
 
     async def create(
         self,
-        request: ChatCompletionRequest,
+        body: ChatBody,
         plan: Plan,
         account: Account,
         extension: Mapping[str, Any] | None = None,
     ) -> Response:
         """`extension`: fields added to the `twice` object (the experiment and variant)."""
+        request = body.typed()
         await self.check_model(request.model)
         messages, sampling = self._conversation(request, plan)
         extra = extra_fields(request.model_extra or {}, plan.strategies, self._settings.backend)
@@ -215,14 +217,13 @@ class ChatService:
         headers = envelope.headers(plan.applied)
         if "psr" in plan.strategies:
             headers[ROUNDS_GRANTED_HEADER] = str(run.rounds)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        if body.stream:
             return stream_response(
-                render_stream(envelope, source, account, include_usage=include_usage), headers
+                render_stream(envelope, source, account, include_usage=body.include_usage), headers
             )
-        body = await render_json(envelope, source, account)
+        answer = await render_json(envelope, source, account)
         headers["X-Twice-Rounds-Used"] = str(run.rounds_used)
-        return json_response(body, headers)
+        return json_response(answer, headers)
 
 
 @dataclass(frozen=True, slots=True)

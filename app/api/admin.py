@@ -11,9 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, status
 
 from app.api.deps import ServicesDep, require_admin
-from app.errors import InvalidRequest
-from app.experiment_store import Conflict
-from app.experiments import Experiment, ExperimentSpec
+from app.errors import Conflict, InvalidRequest
+from app.experiments.spec import Experiment, ExperimentSpec
 from app.protocol.admin import Deleted, ExperimentList, ExperimentPatch, ExperimentRecord, HistoryEntry
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -28,19 +27,19 @@ def _record(experiment: Experiment) -> ExperimentRecord:
 @router.get("/experiments", response_model=ExperimentList)
 async def list_experiments(services: ServicesDep) -> ExperimentList:
     """The definitions this replica serves with (refreshed from Redis first when it answers)."""
-    store = services.gate.experiments
+    store = services.experiments
     await store.refresh_quietly()
     return ExperimentList(data=[_record(e) for e in store.all()])
 
 
 @router.post("/experiments", response_model=ExperimentRecord, status_code=status.HTTP_201_CREATED)
 async def create_experiment(spec: ExperimentSpec, services: ServicesDep) -> ExperimentRecord:
-    return _record(await services.gate.experiments.create(spec))
+    return _record(await services.experiments.create(spec))
 
 
 @router.get("/experiments/{name}", response_model=ExperimentRecord)
 async def read_experiment(name: str, services: ServicesDep) -> ExperimentRecord:
-    return _record(await services.gate.experiments.read(name))
+    return _record(await services.experiments.read(name))
 
 
 @router.put("/experiments/{name}", response_model=ExperimentRecord)
@@ -49,13 +48,13 @@ async def replace_experiment(
 ) -> ExperimentRecord:
     if spec.name != name:
         raise InvalidRequest(f"The body names {spec.name!r}, the path {name!r}.", param="name")
-    return _record(await services.gate.experiments.replace(spec, expected_version))
+    return _record(await services.experiments.replace(spec, expected_version))
 
 
 @router.patch("/experiments/{name}", response_model=ExperimentRecord)
 async def patch_experiment(name: str, patch: ExperimentPatch, services: ServicesDep) -> ExperimentRecord:
     """Change weights, pause or description; retried on a concurrent change unless `expected_version`."""
-    store = services.gate.experiments
+    store = services.experiments
     for attempt in range(_PATCH_TRIES):
         current = await store.read(name)
         expected = patch.expected_version if patch.expected_version is not None else current.version
@@ -80,23 +79,21 @@ async def resume_experiment(name: str, services: ServicesDep) -> ExperimentRecor
 @router.delete("/experiments/{name}", response_model=Deleted)
 async def delete_experiment(name: str, services: ServicesDep) -> Deleted:
     """Deletes the definition and its results; its history and version numbers are kept."""
-    gate = services.gate
-    current = await gate.experiments.read(name)
-    version = await gate.experiments.delete(name)
-    await gate.results.forget(current)
+    current = await services.experiments.read(name)
+    version = await services.experiments.delete(name)
+    await services.results.forget(current)
     return Deleted(name=name, version=version)
 
 
 @router.get("/experiments/{name}/history", response_model=list[HistoryEntry])
 async def experiment_history(name: str, services: ServicesDep) -> list[dict[str, Any]]:
-    return await services.gate.experiments.history(name)
+    return await services.experiments.history(name)
 
 
 @router.get("/experiments/{name}/results")
 async def experiment_results(name: str, services: ServicesDep) -> dict[str, Any]:
     """Per-variant counts, refusals, tokens, latency and feedback, with Welch 95% CIs against the control."""
-    gate = services.gate
-    return await gate.results.summary(await gate.experiments.read(name))
+    return await services.results.summary(await services.experiments.read(name))
 
 
 def _patched(current: Experiment, patch: ExperimentPatch) -> ExperimentSpec:

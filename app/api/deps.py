@@ -28,7 +28,7 @@ async def get_caller(request: Request) -> Caller:
     """The caller of the public API (401 without a valid key while API keys are configured)."""
     services = services_of(request)
     address = request.client.host if request.client else "unknown"
-    return services.gate.keys.caller(request.headers, address)
+    return services.keys.caller(request.headers, address)
 
 
 async def require_api_key(request: Request) -> None:
@@ -36,7 +36,7 @@ async def require_api_key(request: Request) -> None:
 
 
 async def require_admin(request: Request) -> None:
-    services_of(request).gate.keys.check_admin(request.headers)
+    services_of(request).keys.check_admin(request.headers)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

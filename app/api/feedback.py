@@ -13,7 +13,7 @@ router = APIRouter(tags=["experiments"])
 @router.post("/v1/feedback", response_model=FeedbackRecorded)
 async def give_feedback(body: FeedbackRequest, services: ServicesDep, caller: CallerDep) -> FeedbackRecorded:
     """Only the API key that made the request may score it; each request is scored once (409 after)."""
-    attribution = await services.gate.results.feedback(body.request_id, body.value, caller.key_id)
+    attribution = await services.results.feedback(body.request_id, body.value, caller.key_id)
     return FeedbackRecorded(
         request_id=body.request_id,
         experiment=attribution.experiment,

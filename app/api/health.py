@@ -27,7 +27,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
     body = {
         "status": "ready" if backend_ok else "unavailable",
         "backend": {"kind": services.settings.backend, "ready": backend_ok, "model": services.backend.model},
-        "redis": services.gate.store.state,
+        "redis": services.store.state,
     }
     if isinstance(services.backend, UpstreamRouted):
         body["upstreams"] = services.backend.upstreams_report()

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.experiments import VARIANT_PATTERN, ExperimentSpec
+from app.experiments.spec import VARIANT_PATTERN, ExperimentSpec
 
 
 class ExperimentRecord(ExperimentSpec):

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.errors import InvalidRequest
-from app.experiments import ExperimentSpec, assign, uniform
+from app.experiments.spec import ExperimentSpec, assign, uniform
 from app.settings import PlanSettings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from app.experiment_store import load_seed_file
+from app.experiments.store import load_seed_file
 from app.settings import PlanSettings
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "twice"

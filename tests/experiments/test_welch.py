@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from app.welch import Sample, t_quantile, welch_interval
+from app.experiments.welch import Sample, t_quantile, welch_interval
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import NotFound
-from app.experiment_store import Conflict, StoreDown
-from app.experiments import Experiment
+from app.errors import Conflict, NotFound, RedisUnavailable
+from app.experiments.spec import Experiment
+from app.experiments.welch import Sample, welch_interval
 from app.store import RedisStore, StoreUnavailable
-from app.welch import Sample, welch_interval
 
 log = logging.getLogger("twice.results")
 
@@ -99,14 +98,14 @@ class Results:
         """Add `score` to the variant that served `request_id` (404 unknown or not yours, 409 twice)."""
         assert self._feedback is not None or self._store.client is None
         if self._feedback is None:
-            raise StoreDown("Redis is disabled; feedback cannot be recorded.")
+            raise RedisUnavailable("Redis is disabled; feedback cannot be recorded.")
         script = self._feedback
         keys = [self._store.key("exp", "req", request_id)]
         args = [repr(score), key_id or "", repr(score * score), self._store.key("exp", "stats", "")]
         try:
             found = await self._store.run(lambda _: script(keys=keys, args=args))
         except StoreUnavailable:
-            raise StoreDown("Redis is not available; feedback cannot be recorded now.") from None
+            raise RedisUnavailable("Redis is not available; feedback cannot be recorded now.") from None
         status = str(found[0])
         if status == "missing":
             raise NotFound(
@@ -136,7 +135,7 @@ class Results:
         try:
             rows = await self._store.run(read)
         except StoreUnavailable:
-            raise StoreDown("Redis is not available; results cannot be read now.") from None
+            raise RedisUnavailable("Redis is not available; results cannot be read now.") from None
         samples = [_feedback_sample(row) for row in rows]
         control = samples[0]
         variants = []

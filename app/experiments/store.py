@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from app.errors import NotFound, TwiceError
-from app.experiments import MAX_EXPERIMENTS, Experiment, ExperimentSpec
+from app.errors import Conflict, NotFound, RedisUnavailable
+from app.experiments.spec import MAX_EXPERIMENTS, Experiment, ExperimentSpec
 from app.settings import ExperimentSettings, PlanSettings
 from app.store import RedisStore, StoreUnavailable
 
@@ -51,18 +51,6 @@ return {'ok', version}
 """
 
 _SEED_FILE = TypeAdapter(list[ExperimentSpec])
-
-
-class Conflict(TwiceError):
-    status_code = 409
-    error_type = "invalid_request_error"
-    default_code = "conflict"
-
-
-class StoreDown(TwiceError):
-    status_code = 503
-    error_type = "service_unavailable"
-    default_code = "redis_unavailable"
 
 
 def load_seed_file(path: Path) -> list[ExperimentSpec]:
@@ -210,7 +198,7 @@ class ExperimentStore:
         try:
             status, version = await self._run_write(name, action, spec, expected)
         except StoreUnavailable:
-            raise StoreDown("Redis is not available; experiments cannot change now.") from None
+            raise RedisUnavailable("Redis is not available; experiments cannot change now.") from None
         if status == "ok":
             return status, version
         message = self._messages[status].format(name=name, version=version, limit=MAX_EXPERIMENTS)
@@ -245,7 +233,7 @@ class ExperimentStore:
         try:
             return await self._store.run(command)
         except StoreUnavailable:
-            raise StoreDown("Redis is not available; experiments cannot be read now.") from None
+            raise RedisUnavailable("Redis is not available; experiments cannot be read now.") from None
 
     async def _reload_quietly(self) -> None:
         with contextlib.suppress(StoreUnavailable):
