@@ -10,8 +10,12 @@ Scenarios: an instant upstream and one that answers after 50 ms, JSON at concurr
 (throughput), streams at 32; and the time to first token at concurrency 1 with 20 ms between events. For
 each gateway: the CPU time it used per request (from /proc), resident memory idle and after the load.
 
+Strategies on: twice in front of the vLLM stand-in (`bench/stub_server.py`, which answers logprobs and
+continuations as the strategies need), one plan at a time (`X-Twice-Strategy`), JSON at concurrency 4: the
+gateway's own CPU per request beside the stand-in's (the model's side, excluded).
+
     python bench/passthrough.py [--quick] [--duration S] [--repeats N] [--targets direct,floor,twice]
-                                [--litellm-venv DIR] [--out FILE.md|FILE.json]
+                                [--litellm-venv DIR] [--strategies none,psr,...] [--out FILE.md|FILE.json]
 
 Needs wrk (`apt-get install wrk`). Progress goes to stderr, the tables to stdout.
 """
@@ -29,6 +33,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -42,11 +47,14 @@ from bench.report import (
     DIRECT,
     FLOOR,
     LITELLM,
+    STRATEGY_CONCURRENCY,
     TWICE,
     Measurement,
     Scenario,
+    StrategyRow,
     json_record,
     markdown_processes,
+    markdown_strategies,
     markdown_table,
     markdown_verdicts,
     rows,
@@ -142,7 +150,12 @@ def _gateway(
             "LITELLM_LOG": "WARNING",
             "LITELLM_TELEMETRY_DISABLED": "true",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            # As the shared harness runs it: no telemetry, no hub look-ups.
             "DO_NOT_TRACK": "1",
+            "OTEL_SDK_DISABLED": "true",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
         }
     else:
         raise ValueError(f"unknown target {target!r}")
@@ -275,6 +288,73 @@ def run_benchmark(
     return measurements, processes
 
 
+STUB_MODEL = "stub-model"
+
+
+def run_strategies(
+    plans: Sequence[str], duration_s: float, repeats: int, placement: Placement, started: float
+) -> list[StrategyRow]:
+    """twice with each plan in front of the vLLM stand-in: CPU per request of the gateway and of the stub."""
+    port = free_port()
+    stub_command = [sys.executable, "-m", "bench.stub_server", f"--port={port}"]
+    results: dict[str, list[tuple[float, float, float, int]]] = {plan: [] for plan in plans}
+    with ExitStack() as stack:
+        stub, _ = stack.enter_context(
+            running(
+                "stub", stub_command, url=f"http://127.0.0.1:{port}", health="/health", cpus=placement.load
+            )
+        )
+        gateway, _ = stack.enter_context(_gateway(TWICE, stub.url, placement, None))
+        for plan in plans:  # warm-up: the first psr request loads what the predictor needs
+            run_wrk(
+                gateway.url,
+                connections=2,
+                duration_s=1,
+                stream=False,
+                model=STUB_MODEL,
+                auth=AUTH,
+                cpus=placement.load,
+                strategy=plan,
+            )
+        for repetition in range(repeats):
+            for plan in plans if repetition % 2 == 0 else list(reversed(plans)):
+                _log(
+                    f"{time.monotonic() - started:5.0f} s  "
+                    f"strategies, repetition {repetition + 1}/{repeats}: {plan}"
+                )
+                gateway_before, stub_before = gateway.cpu_seconds(), stub.cpu_seconds()
+                result = run_wrk(
+                    gateway.url,
+                    connections=STRATEGY_CONCURRENCY,
+                    duration_s=duration_s,
+                    stream=False,
+                    model=STUB_MODEL,
+                    auth=AUTH,
+                    cpus=placement.load,
+                    strategy=plan,
+                )
+                done = max(1, result.requests - result.errors)
+                results[plan].append(
+                    (
+                        (gateway.cpu_seconds() - gateway_before) * 1000 / done,
+                        (stub.cpu_seconds() - stub_before) * 1000 / done,
+                        result.rps,
+                        result.errors,
+                    )
+                )
+    return [
+        StrategyRow(
+            plan=plan,
+            repetitions=len(runs),
+            gateway_cpu_ms_per_request=statistics.median(r[0] for r in runs),
+            stub_cpu_ms_per_request=statistics.median(r[1] for r in runs),
+            rps=statistics.median(r[2] for r in runs),
+            errors=sum(r[3] for r in runs),
+        )
+        for plan, runs in results.items()
+    ]
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -301,6 +381,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path("/tmp/venv-litellm"),  # noqa: S108 - the shared harness's venv
         help="A venv with `litellm[proxy]`; LiteLLM is skipped when it has no bin/litellm.",
+    )
+    parser.add_argument(
+        "--strategies",
+        default="none,role_play,self_question,psr,self_refine",
+        help="Plans measured with strategies on, against the vLLM stand-in (empty: none).",
     )
     parser.add_argument("--no-pin", action="store_true", help="Do not pin processes to CPUs.")
     parser.add_argument("--out", type=Path, help="Also write the results: .json for JSON, else Markdown.")
@@ -344,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     measurements, processes = run_benchmark(
         targets, duration_s, repeats, ttft_requests, placement, litellm_venv, started
     )
+    plans = [p for p in args.strategies.split(",") if p]
+    strategy_rows = run_strategies(plans, duration_s, repeats, placement, started) if plans else []
     meta["duration_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = round(os.getloadavg()[0], 2)
     table = rows(measurements, SCENARIOS, targets)
@@ -355,13 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['duration_s']} s in all; load average (1 min) {meta['load_average_at_start']} at start, "
         f"{meta['load_average_at_end']} at end."
     )
-    text = "\n\n".join(
-        [header, markdown_table(table), markdown_processes(processes), markdown_verdicts(checks)]
-    )
+    parts = [header, markdown_table(table), markdown_processes(processes), markdown_verdicts(checks)]
+    if strategy_rows:
+        parts.append(markdown_strategies(strategy_rows))
+    text = "\n\n".join(parts)
     print(text)
     if args.out:
         if args.out.suffix == ".json":
-            record = json_record(meta, table, checks, processes, measurements)
+            record = json_record(meta, table, checks, processes, measurements, strategy_rows)
             args.out.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
         else:
             args.out.write_text(text + "\n")

@@ -31,6 +31,8 @@ MAX_EXTRA_ADDED_P50_MS = 0.05
 MAX_EXTRA_ADDED_TTFT_MS = 0.2
 MAX_IDLE_RSS_MB = 120.0
 
+STRATEGY_CONCURRENCY = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
@@ -71,6 +73,18 @@ class Row:
     cpu_ms_per_request: float | None
     ttft_p50_ms: float | None
     added_ttft_ms: float | None
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyRow:
+    """twice with one plan in front of the vLLM stand-in: the gateway's own CPU beside the stand-in's."""
+
+    plan: str
+    repetitions: int
+    gateway_cpu_ms_per_request: float
+    stub_cpu_ms_per_request: float
+    rps: float
     errors: int
 
 
@@ -254,17 +268,35 @@ def markdown_verdicts(checks: Sequence[Verdict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_strategies(table: Sequence[StrategyRow]) -> str:
+    lines = [
+        f"Strategies on (twice in front of the vLLM stand-in, JSON, c={STRATEGY_CONCURRENCY}):",
+        "",
+        "| plan | gateway CPU ms/req (the path's own) | stand-in CPU ms/req (the model's side) | req/s "
+        "| errors |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.plan} | {r.gateway_cpu_ms_per_request:.2f} | {r.stub_cpu_ms_per_request:.2f} | {r.rps:,.0f} | "
+        f"{r.errors} |"
+        for r in table
+    ]
+    return "\n".join(lines)
+
+
 def json_record(
     meta: dict[str, Any],
     table: Sequence[Row],
     checks: Sequence[Verdict],
     processes: dict[str, dict[str, float]],
     measurements: Sequence[Measurement],
+    strategies: Sequence[StrategyRow] = (),
 ) -> dict[str, Any]:
     return {
         "meta": meta,
         "rows": [asdict(r) for r in table],
         "verdicts": [asdict(c) for c in checks],
         "processes": processes,
+        "strategies": [asdict(r) for r in strategies],
         "raw": [asdict(m) for m in measurements],
     }

@@ -49,11 +49,14 @@ def run_wrk(
     model: str,
     auth: str,
     cpus: Sequence[int] | None,
+    strategy: str | None = None,
 ) -> WrkResult:
     """One closed-loop wrk run against `url`'s /v1/chat/completions: `connections` keep-alive clients."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s"]
     command += ["-s", str(SCRIPT), url + "/v1/chat/completions"]
     env = loopback_env({"BENCH_STREAM": "1" if stream else "0", "BENCH_MODEL": model, "BENCH_AUTH": auth})
+    if strategy is not None:
+        env["BENCH_STRATEGY"] = strategy
     done = subprocess.run(pinned(command, cpus), env=env, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
