@@ -1,34 +1,41 @@
-"""The processes a benchmark measures: the vLLM stub and a `twice serve` gateway, pinned to chosen CPUs."""
+"""The processes a benchmark measures, each in its own process group, pinned to chosen CPUs: their CPU time
+and resident memory read from /proc."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.servers import stop_process
-from tests.support.vllm_stub import free_port
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKER_SETTLE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class Server:
+    name: str
     url: str
     pid: int
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) this process and its descendants (uvicorn's workers) have used."""
         return sum(_own_cpu_seconds(pid) for pid in _with_descendants(self.pid))
+
+    def rss_mb(self) -> float:
+        """Resident memory of this process and its descendants, in MiB (VmRSS)."""
+        return sum(_own_rss_kib(pid) for pid in _with_descendants(self.pid)) / 1024
+
+    def processes(self) -> int:
+        return len(_with_descendants(self.pid))
 
 
 def _own_cpu_seconds(pid: int) -> float:
@@ -38,6 +45,16 @@ def _own_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; it ends at the last ")"
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _own_rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _with_descendants(pid: int) -> list[int]:
@@ -56,82 +73,92 @@ def cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
-def _pinned(command: list[str], cpus: Sequence[int] | None) -> list[str]:
+def pinned(command: list[str], cpus: Sequence[int] | None) -> list[str]:
     # taskset before exec, so every process uvicorn forks for its workers inherits the affinity.
     if cpus and shutil.which("taskset"):
         return ["taskset", "-c", cpu_list(cpus), *command]
     return command
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float, name: str) -> None:
-    deadline = time.monotonic() + timeout_s
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def loopback_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment without proxies (everything here talks to loopback), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARIABLES}
+    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return {**env, **(extra or {})}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_healthy(
+    url: str, process: subprocess.Popen[bytes], timeout_s: float, name: str, log: Path
+) -> float:
+    """Seconds until `url` answered 200."""
+    started = time.monotonic()
     while True:
         if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"the {name} exited with {process.returncode}:\n{output}")
+            output = log.read_text(errors="replace")
+            raise RuntimeError(f"the {name} exited with {process.returncode}:\n{output[-4000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback http only
+            with _LOOPBACK.open(url, timeout=1) as response:
                 if response.status == 200:
-                    return
+                    return time.monotonic() - started
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout_s:
             raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
         time.sleep(0.1)
 
 
-def _announced_port(process: subprocess.Popen[bytes]) -> int:
-    assert process.stdout is not None
-    seen: list[str] = []
-    for raw in process.stdout:
-        line = raw.decode(errors="replace").strip()
-        if line.startswith("PORT "):
-            return int(line.split()[1])
-        seen.append(line)
-    raise RuntimeError("the stub exited before it listened:\n" + "\n".join(seen))
-
-
 @contextmanager
-def running_stub(
-    *, latency_s: float, token_delay_s: float = 0.0, cpus: Sequence[int] | None = None
-) -> Iterator[Server]:
-    """The vLLM stub in its own process, once it answers /health."""
-    command = [sys.executable, "-m", "bench.stub_server", f"--latency-s={latency_s}"]
-    command.append(f"--token-delay-s={token_delay_s}")
-    if cpus:
-        command.append(f"--cpus={cpu_list(cpus)}")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{_announced_port(process)}"
-        _wait_healthy(f"{base}/health", process, 30, "stub")
-        yield Server(base, process.pid)
-    finally:
-        stop_process(process)
+def running(
+    name: str,
+    command: list[str],
+    *,
+    url: str,
+    health: str,
+    cpus: Sequence[int] | None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120,
+) -> Iterator[tuple[Server, float]]:
+    """`command` in its own process group (stopped with it), once `url + health` answers 200; also yields
+    the seconds it took to answer."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
+        log = Path(folder) / "output.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                pinned(command, cpus),
+                cwd=REPO_ROOT,
+                env=loopback_env(env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped with every process it started
+            )
+        try:
+            startup_s = _wait_healthy(url + health, process, timeout_s, name, log)
+            yield Server(name, url, process.pid), startup_s
+        finally:
+            _stop_group(process)
 
 
-@contextmanager
-def running_gateway(
-    upstream: str, *, workers: int, cpus: Sequence[int] | None = None, timeout_s: float = 60
-) -> Iterator[Server]:
-    """`python -m app serve --backend vllm` in front of `upstream`, once it is ready."""
-    port = free_port()
-    command = [sys.executable, "-m", "app", "serve", "--backend", "vllm", "--upstream", upstream]
-    command += ["--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, "TWICE_SERVER__LOG_LEVEL": "warning"}
-    process = subprocess.Popen(
-        _pinned(command, cpus), cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group this module started, SIGKILL after 15 s."""
     try:
-        # /ready, not /health: the gateway must have learnt the model id from the upstream.
-        _wait_healthy(f"{base}/ready", process, timeout_s, "gateway")
-        if workers > 1:
-            # /ready came from the first worker up; the others accept only once their startup is done, and
-            # connections opened before that would all stay with the first one.
-            time.sleep(WORKER_SETTLE_S)
-        yield Server(base, process.pid)
-    finally:
-        stop_process(process)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
 
 
 def pin_self(cpus: Sequence[int] | None) -> None:

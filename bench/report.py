@@ -1,250 +1,302 @@
-"""From paired direct/gateway measurements to the table, the target verdicts and the JSON record.
+"""From the measurements of one run to the tables, the verdicts against issue #20's bars and the JSON record.
 
-Every figure is a median over repetitions. "Added" figures and the throughput ratio are taken per repetition
-(the direct and gateway runs of one repetition ran back to back) and their median is reported.
+Every figure is a median over repetitions. Figures relative to another target (added latency against the
+direct upstream, throughput against the floor) are taken within each repetition, where the targets ran
+back to back, and their median is reported.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.loadgen import Measurement
+DIRECT = "direct"
+FLOOR = "floor"
+TWICE = "twice"
+LITELLM = "litellm"
+LABELS = {
+    DIRECT: "direct (mock upstream)",
+    FLOOR: "floor (FastAPI + aiohttp)",
+    TWICE: "twice (pass-through)",
+    LITELLM: "LiteLLM proxy",
+}
 
-MAX_ADDED_P50_MS = 2.0
-MIN_THROUGHPUT_RATIO = 0.80
-SAME_THROUGHPUT = 0.02
+# Issue #20's bars, against the floor measured in the same run.
+MIN_JSON_RATIO = 0.90
+MIN_STREAM_RATIO = 0.95
+MAX_EXTRA_ADDED_P50_MS = 0.05
+MAX_EXTRA_ADDED_TTFT_MS = 0.2
+MAX_IDLE_RSS_MB = 120.0
+
+STRATEGY_CONCURRENCY = 4
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    upstream: str  # "instant" or "50 ms"
-    workers: int
-    stream: bool
+    upstream: str  # "instant", "50 ms", "20 ms/event"
+    kind: str  # "json", "stream", "ttft"
     concurrency: int
+    model: str
 
     @property
-    def kind(self) -> str:
-        return "stream" if self.stream else "json"
+    def key(self) -> str:
+        return f"{self.upstream} {self.kind} c={self.concurrency}"
 
 
-@dataclass
-class ScenarioRuns:
-    scenario: Scenario
-    pairs: list[tuple[Measurement, Measurement]] = field(default_factory=list)  # (direct, gateway)
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    target: str
+    scenario: str  # Scenario.key
+    repetition: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float | None = None
+    ttft_p50_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    upstream: str
-    workers: int
-    kind: str
-    concurrency: int
+    scenario: str
+    target: str
     repetitions: int
-    direct_p50_ms: float
-    direct_p99_ms: float
-    gateway_p50_ms: float
-    gateway_p99_ms: float
-    added_p50_ms: float
-    direct_rps: float
-    gateway_rps: float
-    throughput_ratio: float
-    direct_ttft_p50_ms: float | None
-    gateway_ttft_p50_ms: float | None
-    added_ttft_p50_ms: float | None
-    upstream_cpu_ms_per_request: float | None
-    gateway_cpu_ms_per_request: float | None
+    p50_ms: float
+    p99_ms: float
+    added_p50_ms: float | None
+    rps: float
+    vs_floor: float | None
+    cpu_ms_per_request: float | None
+    ttft_p50_ms: float | None
+    added_ttft_ms: float | None
     errors: int
 
 
-def _median_of(pairs: Sequence[tuple[Measurement, Measurement]], value: Callable[..., float]) -> float:
-    return statistics.median(value(direct, gateway) for direct, gateway in pairs)
+@dataclass(frozen=True, slots=True)
+class StrategyRow:
+    """twice with one plan in front of the vLLM stand-in: the gateway's own CPU beside the stand-in's."""
 
-
-def _median_cpu(measurements: Sequence[Measurement]) -> float | None:
-    values = [m.cpu_ms_per_request for m in measurements if m.cpu_ms_per_request is not None]
-    return statistics.median(values) if values else None
-
-
-def summarize(runs: ScenarioRuns) -> Row:
-    s, pairs = runs.scenario, runs.pairs
-    ttft = s.stream
-    return Row(
-        upstream=s.upstream,
-        workers=s.workers,
-        kind=s.kind,
-        concurrency=s.concurrency,
-        repetitions=len(pairs),
-        direct_p50_ms=_median_of(pairs, lambda d, g: d.latency_ms(50)),
-        direct_p99_ms=_median_of(pairs, lambda d, g: d.latency_ms(99)),
-        gateway_p50_ms=_median_of(pairs, lambda d, g: g.latency_ms(50)),
-        gateway_p99_ms=_median_of(pairs, lambda d, g: g.latency_ms(99)),
-        added_p50_ms=_median_of(pairs, lambda d, g: g.latency_ms(50) - d.latency_ms(50)),
-        direct_rps=_median_of(pairs, lambda d, g: d.requests_per_s),
-        gateway_rps=_median_of(pairs, lambda d, g: g.requests_per_s),
-        throughput_ratio=_median_of(pairs, lambda d, g: g.requests_per_s / d.requests_per_s),
-        direct_ttft_p50_ms=_median_of(pairs, lambda d, g: d.ttft_ms(50)) if ttft else None,
-        gateway_ttft_p50_ms=_median_of(pairs, lambda d, g: g.ttft_ms(50)) if ttft else None,
-        added_ttft_p50_ms=_median_of(pairs, lambda d, g: g.ttft_ms(50) - d.ttft_ms(50)) if ttft else None,
-        upstream_cpu_ms_per_request=_median_cpu([d for d, _ in pairs]),
-        gateway_cpu_ms_per_request=_median_cpu([g for _, g in pairs]),
-        errors=sum(d.errors + g.errors for d, g in pairs),
-    )
+    plan: str
+    repetitions: int
+    gateway_cpu_ms_per_request: float
+    stub_cpu_ms_per_request: float
+    rps: float
+    errors: int
 
 
 @dataclass(frozen=True, slots=True)
-class TargetCheck:
+class Verdict:
     name: str
     measured: str
-    target: str
+    bar: str
     met: bool
 
 
-def _find(rows: Sequence[Row], upstream: str, workers: int, kind: str, concurrency: int) -> Row | None:
-    for row in rows:
-        if (row.upstream, row.workers, row.kind, row.concurrency) == (upstream, workers, kind, concurrency):
-            return row
-    return None
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(present) if present else None
 
 
-def recommend_workers(rows: Sequence[Row], realistic: str) -> int:
-    """The worker count with the most gateway req/s at c=32 on the realistic upstream (JSON); a count
-    within 2% of the best counts as equal, and fewer workers win (each one is a process and a pool)."""
-    candidates = [r for r in rows if r.upstream == realistic and r.kind == "json" and r.concurrency == 32]
-    if not candidates:
-        candidates = [r for r in rows if r.kind == "json" and r.concurrency == 32]
-    if not candidates:
-        return min(r.workers for r in rows)
-    best = max(r.gateway_rps for r in candidates)
-    return min(r.workers for r in candidates if r.gateway_rps >= best * (1 - SAME_THROUGHPUT))
+def _paired(
+    measurements: Sequence[Measurement],
+    scenario: str,
+    target: str,
+    other: str,
+    value: Callable[[Measurement, Measurement], float | None],
+) -> float | None:
+    """The median over repetitions of `value(target's, other's)`, each pair from one repetition."""
+    mine = {m.repetition: m for m in measurements if m.scenario == scenario and m.target == target}
+    theirs = {m.repetition: m for m in measurements if m.scenario == scenario and m.target == other}
+    return _median([value(mine[r], theirs[r]) for r in mine if r in theirs])
 
 
-def check_targets(rows: Sequence[Row], workers: int, upstreams: Sequence[str]) -> list[TargetCheck]:
-    checks: list[TargetCheck] = []
-    for upstream in upstreams:
-        row = _find(rows, upstream, workers, "json", 1)
-        if row is not None:
-            checks.append(
-                TargetCheck(
-                    name=f"added latency p50, c=1, {upstream} upstream, workers={workers}",
-                    measured=f"{row.added_p50_ms:+.2f} ms",
-                    target=f"<= {MAX_ADDED_P50_MS:.0f} ms",
-                    met=row.added_p50_ms <= MAX_ADDED_P50_MS,
+def _ttft_added(mine: Measurement, direct: Measurement) -> float | None:
+    if mine.ttft_p50_ms is None or direct.ttft_p50_ms is None:
+        return None
+    return mine.ttft_p50_ms - direct.ttft_p50_ms
+
+
+def rows(
+    measurements: Sequence[Measurement], scenarios: Sequence[Scenario], targets: Sequence[str]
+) -> list[Row]:
+    out: list[Row] = []
+    for scenario in scenarios:
+        for target in targets:
+            mine = [m for m in measurements if m.scenario == scenario.key and m.target == target]
+            if not mine:
+                continue
+            relative = target != DIRECT
+            out.append(
+                Row(
+                    scenario=scenario.key,
+                    target=target,
+                    repetitions=len(mine),
+                    p50_ms=_median([m.p50_ms for m in mine]) or math.nan,
+                    p99_ms=_median([m.p99_ms for m in mine]) or math.nan,
+                    added_p50_ms=_paired(
+                        measurements, scenario.key, target, DIRECT, lambda a, b: a.p50_ms - b.p50_ms
+                    )
+                    if relative
+                    else None,
+                    rps=_median([m.rps for m in mine]) or math.nan,
+                    vs_floor=_paired(
+                        measurements,
+                        scenario.key,
+                        target,
+                        FLOOR,
+                        lambda a, b: a.rps / b.rps if b.rps > 0 else None,
+                    )
+                    if target != FLOOR
+                    else None,
+                    cpu_ms_per_request=_median([m.cpu_ms_per_request for m in mine]),
+                    ttft_p50_ms=_median([m.ttft_p50_ms for m in mine]),
+                    added_ttft_ms=_paired(measurements, scenario.key, target, DIRECT, _ttft_added)
+                    if relative
+                    else None,
+                    errors=sum(m.errors for m in mine),
                 )
             )
-    for upstream in upstreams:
-        for kind in ("json", "stream"):
-            row = _find(rows, upstream, workers, kind, 32)
-            if row is not None:
-                checks.append(
-                    TargetCheck(
-                        name=f"throughput {kind}, c=32, {upstream} upstream, workers={workers}",
-                        measured=f"{row.throughput_ratio:.0%} of direct",
-                        target=f">= {MIN_THROUGHPUT_RATIO:.0%}",
-                        met=row.throughput_ratio >= MIN_THROUGHPUT_RATIO,
-                    )
+    return out
+
+
+def _find(table: Sequence[Row], scenario: str, target: str) -> Row | None:
+    return next((r for r in table if r.scenario == scenario and r.target == target), None)
+
+
+def verdicts(table: Sequence[Row], idle_rss_mb: float | None) -> list[Verdict]:
+    """Issue #20's bars for twice against the floor of the same run."""
+    out: list[Verdict] = []
+    for scenario, bar in (("instant json c=32", MIN_JSON_RATIO), ("instant stream c=32", MIN_STREAM_RATIO)):
+        row = _find(table, scenario, TWICE)
+        if row is not None and row.vs_floor is not None:
+            out.append(
+                Verdict(
+                    f"requests/s, {scenario}",
+                    f"{row.vs_floor:.0%} of the floor",
+                    f">= {bar:.0%}",
+                    row.vs_floor >= bar,
                 )
-    return checks
+            )
+    for scenario, attribute, limit in (
+        ("instant json c=1", "added_p50_ms", MAX_EXTRA_ADDED_P50_MS),
+        ("20 ms/event ttft c=1", "added_ttft_ms", MAX_EXTRA_ADDED_TTFT_MS),
+    ):
+        mine, floor = _find(table, scenario, TWICE), _find(table, scenario, FLOOR)
+        if mine is None or floor is None:
+            continue
+        ours, theirs = getattr(mine, attribute), getattr(floor, attribute)
+        if ours is None or theirs is None:
+            continue
+        what = "added p50" if attribute == "added_p50_ms" else "added TTFT"
+        out.append(
+            Verdict(
+                f"{what}, {scenario}",
+                f"{ours:+.3f} ms vs the floor's {theirs:+.3f} ms ({ours - theirs:+.3f})",
+                f"<= floor + {limit:g} ms",
+                ours - theirs <= limit,
+            )
+        )
+    if idle_rss_mb is not None:
+        out.append(
+            Verdict(
+                "resident memory, one idle worker",
+                f"{idle_rss_mb:.0f} MB",
+                f"<= {MAX_IDLE_RSS_MB:.0f} MB",
+                idle_rss_mb <= MAX_IDLE_RSS_MB,
+            )
+        )
+    return out
 
 
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:,.{digits}f}"
 
 
-def _added(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.2f}"
-
-
-_COLUMNS = (
-    "upstream",
-    "workers",
-    "kind",
-    "c",
-    "direct p50 / p99 ms",
-    "gateway p50 / p99 ms",
-    "added p50 ms",
-    "direct req/s",
-    "gateway req/s",
-    "gateway/direct",
-    "TTFT p50 direct / gateway ms",
-    "added TTFT ms",
-    "gateway CPU ms/req",
-    "errors",
-)
-
-
-def _cells(row: Row) -> list[str]:
-    ttft = (
-        "–"
-        if row.direct_ttft_p50_ms is None
-        else f"{_ms(row.direct_ttft_p50_ms)} / {_ms(row.gateway_ttft_p50_ms)}"
+def markdown_table(table: Sequence[Row]) -> str:
+    columns = (
+        "scenario",
+        "target",
+        "p50 / p99 ms",
+        "added p50 ms",
+        "req/s",
+        "vs floor",
+        "CPU ms/req",
+        "TTFT p50 ms",
+        "added TTFT ms",
+        "errors",
     )
-    return [
-        row.upstream,
-        str(row.workers),
-        row.kind,
-        str(row.concurrency),
-        f"{row.direct_p50_ms:.2f} / {row.direct_p99_ms:.2f}",
-        f"{row.gateway_p50_ms:.2f} / {row.gateway_p99_ms:.2f}",
-        _added(row.added_p50_ms),
-        f"{row.direct_rps:,.0f}",
-        f"{row.gateway_rps:,.0f}",
-        f"{row.throughput_ratio:.0%}",
-        ttft,
-        _added(row.added_ttft_p50_ms),
-        _ms(row.gateway_cpu_ms_per_request),
-        str(row.errors),
-    ]
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in table:
+        cells = [
+            r.scenario,
+            LABELS.get(r.target, r.target),
+            f"{_num(r.p50_ms, 3)} / {_num(r.p99_ms, 2)}",
+            _num(r.added_p50_ms, 3, signed=True),
+            _num(r.rps, 0),
+            "–" if r.vs_floor is None else f"{r.vs_floor:.0%}",
+            _num(r.cpu_ms_per_request, 3),
+            _num(r.ttft_p50_ms, 2),
+            _num(r.added_ttft_ms, 2, signed=True),
+            str(r.errors),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def markdown_targets(checks: Sequence[TargetCheck], workers: int) -> str:
-    lines = [f"Recommended workers on this machine: {workers}.", ""]
-    lines += ["| target | measured | goal | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.measured} | {c.target} | {'met' if c.met else 'NOT MET'} |" for c in checks]
+def markdown_processes(processes: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| target | processes | startup s | idle RSS MB | RSS after the load MB |",
+        "|---|---|---|---|---|",
+    ]
+    for target, p in processes.items():
+        lines.append(
+            f"| {LABELS.get(target, target)} | {p['processes']:.0f} | {p['startup_s']:.1f} | "
+            f"{p['idle_rss_mb']:.0f} | {p.get('final_rss_mb', math.nan):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_verdicts(checks: Sequence[Verdict]) -> str:
+    lines = ["| bar (issue #20) | measured | goal | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.measured} | {c.bar} | {'met' if c.met else 'NOT MET'} |" for c in checks]
+    return "\n".join(lines)
+
+
+def markdown_strategies(table: Sequence[StrategyRow]) -> str:
+    lines = [
+        f"Strategies on (twice in front of the vLLM stand-in, JSON, c={STRATEGY_CONCURRENCY}):",
+        "",
+        "| plan | gateway CPU ms/req (the path's own) | stand-in CPU ms/req (the model's side) | req/s "
+        "| errors |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.plan} | {r.gateway_cpu_ms_per_request:.2f} | {r.stub_cpu_ms_per_request:.2f} | {r.rps:,.0f} | "
+        f"{r.errors} |"
+        for r in table
+    ]
     return "\n".join(lines)
 
 
 def json_record(
     meta: dict[str, Any],
-    rows: Sequence[Row],
-    runs: Sequence[ScenarioRuns],
-    workers: int,
-    checks: Sequence[TargetCheck],
+    table: Sequence[Row],
+    checks: Sequence[Verdict],
+    processes: dict[str, dict[str, float]],
+    measurements: Sequence[Measurement],
+    strategies: Sequence[StrategyRow] = (),
 ) -> dict[str, Any]:
-    raw = [
-        {
-            **asdict(r.scenario),
-            "repetitions": [
-                {
-                    side: {
-                        "p50_ms": m.latency_ms(50),
-                        "p99_ms": m.latency_ms(99),
-                        "requests_per_s": m.requests_per_s,
-                        "ttft_p50_ms": m.ttft_ms(50) if m.ttfts_s else None,
-                        "cpu_ms_per_request": m.cpu_ms_per_request,
-                        "errors": m.errors,
-                        "requests": m.requests,
-                        "wall_s": m.wall_s,
-                    }
-                    for side, m in (("direct", direct), ("gateway", gateway))
-                }
-                for direct, gateway in r.pairs
-            ],
-        }
-        for r in runs
-    ]
     return {
         "meta": meta,
-        "rows": [asdict(row) for row in rows],
-        "recommended_workers": workers,
-        "targets": [asdict(c) for c in checks],
-        "raw": raw,
+        "rows": [asdict(r) for r in table],
+        "verdicts": [asdict(c) for c in checks],
+        "processes": processes,
+        "strategies": [asdict(r) for r in strategies],
+        "raw": [asdict(m) for m in measurements],
     }

@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-s", type=float, default=0.0, help="Seconds before each answer.")
     parser.add_argument("--token-delay-s", type=float, default=0.0, help="Seconds between streamed tokens.")
     parser.add_argument("--cpus", default="", help="Comma-separated CPU ids to pin this process to.")
+    parser.add_argument("--port", type=int, default=0, help="Loopback port (default: a free one).")
     args = parser.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StubState(latency_s=args.latency_s, token_delay_s=args.token_delay_s, keep_received=False)
     )
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    listener.bind(("127.0.0.1", args.port))
     port = listener.getsockname()[1]
 
     async def announce(_: web.Application) -> None:

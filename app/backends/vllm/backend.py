@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -273,8 +273,9 @@ class VllmBackend:
 
         A pass-through request is one call: a fresh routing key (unless the caller gives one) lets a router
         or the pool spread such requests evenly."""
-        sent = dict(headers or {})
-        if header_value(sent, self._routing_header) is None:
-            sent[self._routing_header] = uuid.uuid4().hex
+        sent = dict(headers) if headers else {}
+        if not headers or header_value(headers, self._routing_header) is None:
+            # 32 random hex digits, as uuid4().hex but without building a UUID (a third of the cost).
+            sent[self._routing_header] = secrets.token_hex(16)
         response = await self._transport.send("POST", path, body, sent, track=False)
         return await relayed(response, stream=stream)
