@@ -145,3 +145,11 @@ def test_the_admin_key_works_while_client_auth_is_off() -> None:
     keys.check_admin(bearer(ADMIN))
     with pytest.raises(Unauthorized):
         keys.check_admin(bearer("other"))
+
+
+def test_spaces_around_a_tenants_colon_are_not_part_of_the_key() -> None:
+    """`acme: sk-...` (as a person types a list) names the key `sk-...`: a presented token is trimmed, so a
+    key kept with its leading space could never match."""
+    keys = ring(f"acme : {KEY} , beta:  other-key")
+    assert keys.caller(bearer(KEY), "a").tenant == "acme"
+    assert keys.caller(bearer("other-key"), "a").tenant == "beta"
