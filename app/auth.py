@@ -109,5 +109,6 @@ class KeyRing:
 def _parse(entry: str) -> _Key:
     tenant, separator, key = entry.strip().partition(":")
     if not separator:
-        tenant, key = DEFAULT_TENANT, entry.strip()
+        tenant, key = DEFAULT_TENANT, entry
+    key = key.strip()  # a presented token is trimmed (bearer_token): a key kept with spaces never matches
     return _Key(digest=_digest(key), key_id=key_id(key), tenant=tenant.strip() or DEFAULT_TENANT)
