@@ -19,14 +19,14 @@ from typing import Any
 from predictor.errors import CardMismatchError
 from predictor.features import FeatureConfig
 
-CARD_FORMAT = 1
+CARD_FORMAT = 2
+"""2: the artifact is the model's parameters in an `.npz`; 1 was a skops file of the estimator."""
 
 
 def library_versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "scikit-learn": version("scikit-learn"),
-        "skops": version("skops"),
         "numpy": version("numpy"),
     }
 
@@ -66,7 +66,10 @@ class ModelCard:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelCard:
         if data.get("format") != CARD_FORMAT:
-            raise CardMismatchError(f"card format {data.get('format')!r}, this code reads {CARD_FORMAT}")
+            raise CardMismatchError(
+                f"card format {data.get('format')!r}, this code reads {CARD_FORMAT}: retrain the artifact "
+                "with `twice predictor train` (docs/predictor.md)"
+            )
         try:
             return cls(
                 format=CARD_FORMAT,

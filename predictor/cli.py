@@ -17,9 +17,16 @@ from predictor.card import ModelCard
 from predictor.datasets import DEFAULT_DATA_DIR, data_hashes, load_prompts
 from predictor.errors import PredictorError
 from predictor.gateway_labels import GatewayRun, dataset_row, label_through_gateway
-from predictor.labels import LabelledRow, read_labels, sha256_file, write_labels
+from predictor.labels import (
+    DATASET_DERIVED,
+    EVAL_ONLY_SOURCES,
+    PSR_OBSERVED,
+    LabelledRow,
+    read_labels,
+    sha256_file,
+    write_labels,
+)
 from predictor.telemetry import STREAM, read_telemetry
-from predictor.train import DATASET_DERIVED, EVAL_ONLY_SOURCES, PSR_OBSERVED, TrainOptions, train
 
 TELEMETRY_LABELS = "psr-observed (gateway telemetry)"
 HELD_OUT_DIR = "held_out"
@@ -127,6 +134,9 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # scikit-learn and scipy only when training: `twice serve` registers this command and must not hold them.
+    from predictor.train import TrainOptions, train
+
     try:
         rows, labels_path, kind = _training_rows(args)
         options = TrainOptions(

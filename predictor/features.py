@@ -20,11 +20,13 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 FEATURES_VERSION = 1
 
@@ -157,7 +159,10 @@ def extract(messages: Messages, config: FeatureConfig) -> FeatureVector:
 
 
 def to_matrix(vectors: Sequence[FeatureVector], n_features: int) -> sp.csr_matrix:
-    """Stack vectors into the CSR matrix scikit-learn trains on."""
+    """Stack vectors into the CSR matrix scikit-learn trains on (training and evaluation only: serving
+    never imports scipy)."""
+    import scipy.sparse as sp
+
     indptr = np.zeros(len(vectors) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([vector.indices.size for vector in vectors])
     indices = np.concatenate([vector.indices for vector in vectors]) if vectors else np.zeros(0, np.int64)

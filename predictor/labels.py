@@ -18,6 +18,12 @@ from typing import Any
 from predictor.errors import LabelsError
 from predictor.features import FeatureConfig, FeatureVector, extract
 
+DATASET_DERIVED = "dataset-derived, not psr-observed"
+PSR_OBSERVED = "psr-observed"
+"""What a set of labels is (a card's `labels`): harmfulness from the dataset, or psr's observed verdicts."""
+EVAL_ONLY_SOURCES = frozenset({"self_instruct_user_oriented"})
+"""Sources never trained on: the self-instruct authors ask that their set be used for evaluation only."""
+
 
 @dataclass(frozen=True)
 class LabelledRow:

@@ -1,31 +1,31 @@
 """`RoundPredictor`: how many psr reflection rounds a request gets, from a linear model over its features.
 
-The artifact is a scikit-learn `LogisticRegression` over the round classes seen in the labels (for
+Training fits a scikit-learn `LogisticRegression` over the round classes seen in the labels (for
 dataset-derived labels, 0 and max_rounds; for psr-observed labels, every first-firing round). A request gets
 the smallest round count r whose predicted risk of needing more, P(label > r), is at most the card's
 `tail_risk`. Classification with this tail rule, rather than a regression on rounds, makes the costly
 error (a harmful prompt given fewer rounds than it needs) the one the threshold controls.
 
-The artifact is stored with skops (no pickle) and loaded with an explicit trusted-type list, after its
-sha256 and its card have been checked. Serving computes the linear scores itself from the model's
-coefficients: scikit-learn's `predict_proba` spends about 100 µs validating one row.
+The artifact is the fitted model's parameters (classes, coefficients, intercepts) in a numpy `.npz`,
+read with `allow_pickle=False` after its sha256 and its card have been checked. Serving computes the linear
+scores itself: scikit-learn's `predict_proba` spends about 100 µs validating one row, and importing
+scikit-learn (with scipy and a serialiser) to hold three arrays cost the gateway about 100 MB of memory.
+This module therefore imports numpy only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
+import io
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
-import skops.io as sio
-from sklearn.linear_model import LogisticRegression
 
-from predictor.card import ModelCard, library_versions
+from predictor.card import ModelCard
 from predictor.errors import (
     ArtifactTamperedError,
     CardMismatchError,
@@ -34,12 +34,80 @@ from predictor.errors import (
 )
 from predictor.features import FeatureVector, Messages, extract
 
-ARTIFACT_FILE = "round_predictor.skops"
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+ARTIFACT_FILE = "round_predictor.npz"
 CARD_FILE = "round_predictor.card.json"
 DEFAULT_ARTIFACT_DIR = Path(__file__).parent / "artifacts"
-TRUSTED_TYPES = ["sklearn.linear_model._logistic.LogisticRegression"]
+PARAMETER_NAMES = ("classes", "coef", "intercept")
+# A fixed timestamp makes the same parameters the same file, so a retrain can be compared by sha256.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
-logger = logging.getLogger(__name__)
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearParameters:
+    """What a fitted multinomial (or binary) logistic model computes with."""
+
+    classes: npt.NDArray[np.int64]
+    coef: npt.NDArray[np.float64]
+    """One row per class, or a single row for two classes (scores of the second class)."""
+    intercept: npt.NDArray[np.float64]
+
+    @classmethod
+    def of(cls, estimator: Any) -> LinearParameters:
+        """The parameters of a fitted scikit-learn linear classifier (`classes_`, `coef_`, `intercept_`)."""
+        return cls(
+            classes=np.asarray(estimator.classes_, dtype=np.int64),
+            coef=np.asarray(estimator.coef_, dtype=np.float64),
+            intercept=np.asarray(estimator.intercept_, dtype=np.float64),
+        )
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef.shape[1])
+
+    def sha256(self) -> str:
+        """A digest of what the model computes (classes, coefficients, intercepts as little-endian
+        float64), independent of the file that holds them."""
+        digest = hashlib.sha256()
+        for array in (self.classes, self.coef, self.intercept):
+            digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+        return digest.hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """An `.npz` file (as `numpy.load` reads it), byte for byte the same for the same parameters."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name in PARAMETER_NAMES:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, getattr(self, name), allow_pickle=False)
+                archive.writestr(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), member.getvalue())
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: object) -> LinearParameters:
+        """Parse an `.npz` written by `to_bytes`; object arrays (pickles) are never loaded."""
+        if not zipfile.is_zipfile(io.BytesIO(data)):  # numpy would take any other bytes for a pickle
+            raise CardMismatchError(f"{source} is not a parameters file (an .npz archive)")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                names = sorted(archive.files)
+                arrays = {name: archive[name] for name in names}
+        except ValueError as error:  # numpy refuses an object array when pickles are not allowed
+            raise UntrustedArtifactError(f"{source}: {error}; refusing to load") from error
+        except (OSError, zipfile.BadZipFile, EOFError) as error:
+            raise CardMismatchError(f"{source} is not a parameters file: {error}") from error
+        if names != sorted(PARAMETER_NAMES):
+            raise CardMismatchError(f"{source} holds {names}, not {list(PARAMETER_NAMES)}")
+        for name, array in arrays.items():
+            if array.dtype.kind not in "iuf":
+                raise UntrustedArtifactError(f"{source}: {name} has dtype {array.dtype}; refusing to load")
+        return cls(
+            classes=arrays["classes"].astype(np.int64),
+            coef=arrays["coef"].astype(np.float64),
+            intercept=arrays["intercept"].astype(np.float64),
+        )
 
 
 class RoundPredictor:
@@ -47,27 +115,24 @@ class RoundPredictor:
 
     def __init__(
         self,
-        model: Any,
+        parameters: LinearParameters,
         card: ModelCard,
         *,
         floor: int = 0,
         ceiling: int | None = None,
         tail_risk: float | None = None,
     ) -> None:
-        _check_consistent(model, card)
+        _check_consistent(parameters, card)
         upper = card.max_rounds if ceiling is None else min(ceiling, card.max_rounds)
         if not 0 <= floor <= upper:
             raise ValueError(f"need 0 <= floor <= ceiling <= max_rounds, got {floor}, {upper}")
         if tail_risk is not None and not 0.0 <= tail_risk < 1.0:
             raise ValueError(f"tail_risk {tail_risk} is not in [0, 1)")
-        self.model = model
+        self.parameters = parameters
         self.card = card
         self.floor = floor
         self.ceiling = upper
         self._tail_risk = tail_risk
-        self._classes = np.asarray(model.classes_, dtype=np.int64)
-        self._coef: npt.NDArray[np.float64] = np.asarray(model.coef_, dtype=np.float64)
-        self._intercept: npt.NDArray[np.float64] = np.asarray(model.intercept_, dtype=np.float64)
 
     @property
     def max_rounds(self) -> int:
@@ -83,11 +148,10 @@ class RoundPredictor:
         return self.rounds_for(extract(messages, self.card.feature_config))
 
     def rounds_for(self, vector: FeatureVector) -> int:
-        if vector.n_features != self._coef.shape[1]:
-            raise ValueError(
-                f"a vector of {vector.n_features} features, the model takes {self._coef.shape[1]}"
-            )
-        scores = self._coef[:, vector.indices] @ vector.values + self._intercept
+        coef = self.parameters.coef
+        if vector.n_features != coef.shape[1]:
+            raise ValueError(f"a vector of {vector.n_features} features, the model takes {coef.shape[1]}")
+        scores = coef[:, vector.indices] @ vector.values + self.parameters.intercept
         return int(self._decide(self._probabilities(scores[np.newaxis, :]))[0])
 
     def rounds_for_matrix(self, features: sp.csr_matrix) -> npt.NDArray[np.int64]:
@@ -95,12 +159,12 @@ class RoundPredictor:
         return self._decide(self.probabilities(features))
 
     def probabilities(self, features: sp.csr_matrix) -> npt.NDArray[np.float64]:
-        """P(label = class) per row, columns in `model.classes_` order."""
-        scores = np.asarray(features @ self._coef.T) + self._intercept
+        """P(label = class) per row, columns in `classes` order."""
+        scores = np.asarray(features @ self.parameters.coef.T) + self.parameters.intercept
         return self._probabilities(scores)
 
     def _probabilities(self, scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        if self._classes.size == 2:
+        if self.parameters.classes.size == 2:
             positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
             return np.column_stack([1.0 - positive, positive])
         shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -108,13 +172,13 @@ class RoundPredictor:
         return probabilities
 
     def _decide(self, probabilities: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        rounds = decide_rounds(probabilities, self._classes, self.tail_risk)
+        rounds = decide_rounds(probabilities, self.parameters.classes, self.tail_risk)
         return np.clip(rounds, self.floor, self.ceiling)
 
     def save(self, directory: Path) -> ModelCard:
         """Write the artifact and its card (with the artifact's sha256) into `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
-        data = sio.dumps(self.model)
+        data = self.parameters.to_bytes()
         (directory / ARTIFACT_FILE).write_bytes(data)
         card = dataclasses.replace(
             self.card, artifact_file=ARTIFACT_FILE, artifact_sha256=hashlib.sha256(data).hexdigest()
@@ -142,12 +206,8 @@ class RoundPredictor:
             raise ArtifactTamperedError(
                 f"{artifact} has sha256 {digest}, its card records {card.artifact_sha256}; refusing to load"
             )
-        untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
-        if untrusted:
-            raise UntrustedArtifactError(f"{artifact} holds untrusted types {untrusted}; refusing to load")
-        model = sio.loads(data, trusted=TRUSTED_TYPES)
-        _warn_on_version_drift(card)
-        return cls(model, card, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
+        parameters = LinearParameters.from_bytes(data, artifact)
+        return cls(parameters, card, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
 
     @classmethod
     def default(
@@ -155,17 +215,6 @@ class RoundPredictor:
     ) -> RoundPredictor:
         """The artifact shipped in the package (see docs/predictor.md for how it was made)."""
         return cls.load(DEFAULT_ARTIFACT_DIR, floor=floor, ceiling=ceiling, tail_risk=tail_risk)
-
-
-def parameters_sha256(model: LogisticRegression) -> str:
-    """A digest of what the model computes (classes, coefficients, intercepts as little-endian float64).
-    The artifact file's own sha256 differs between two runs that fit the same model, because skops names
-    its arrays by object id; this one does not, so a retrained artifact can be compared with the shipped
-    one."""
-    digest = hashlib.sha256()
-    for array in (model.classes_, model.coef_, model.intercept_):
-        digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
-    return digest.hexdigest()
 
 
 def decide_rounds(
@@ -180,30 +229,27 @@ def decide_rounds(
     return chosen
 
 
-def _check_consistent(model: Any, card: ModelCard) -> None:
-    if not isinstance(model, LogisticRegression):
-        raise CardMismatchError(f"expected a LogisticRegression, the artifact holds {type(model).__name__}")
-    classes = tuple(int(value) for value in model.classes_)
+def _check_consistent(parameters: LinearParameters, card: ModelCard) -> None:
+    classes = tuple(int(value) for value in parameters.classes)
     if classes != card.classes:
         raise CardMismatchError(f"the card lists classes {list(card.classes)}, the model has {list(classes)}")
+    if len(classes) < 2 or list(classes) != sorted(set(classes)):
+        raise CardMismatchError(f"model classes {list(classes)} are not at least two, ascending")
     if classes[0] < 0 or classes[-1] > card.max_rounds:
         raise CardMismatchError(f"model classes {list(classes)} fall outside [0, {card.max_rounds}]")
-    if model.n_features_in_ != card.feature_config.n_features:
+    rows = 1 if len(classes) == 2 else len(classes)
+    n_features = card.feature_config.n_features
+    if parameters.coef.ndim != 2 or parameters.coef.shape[1] != n_features:
         raise CardMismatchError(
-            f"the model takes {model.n_features_in_} features, the card's configuration makes "
-            f"{card.feature_config.n_features}"
+            f"the model takes {parameters.coef.shape[-1]} features, the card's configuration makes "
+            f"{n_features}"
         )
+    if parameters.coef.shape[0] != rows or parameters.intercept.shape != (rows,):
+        raise CardMismatchError(
+            f"{len(classes)} classes need {rows} coefficient rows and intercepts, the model has "
+            f"{parameters.coef.shape[0]} and {parameters.intercept.shape}"
+        )
+    if not (np.isfinite(parameters.coef).all() and np.isfinite(parameters.intercept).all()):
+        raise CardMismatchError("the model's coefficients are not all finite")
     if not 0.0 <= card.tail_risk < 1.0:
         raise CardMismatchError(f"tail_risk {card.tail_risk} is not in [0, 1)")
-
-
-def _warn_on_version_drift(card: ModelCard) -> None:
-    current = library_versions()
-    for library in ("scikit-learn", "skops", "numpy"):
-        if card.versions.get(library) != current[library]:
-            logger.warning(
-                "round predictor was saved with %s %s, running %s",
-                library,
-                card.versions.get(library),
-                current[library],
-            )

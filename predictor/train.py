@@ -35,12 +35,9 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from predictor.card import ModelCard
 from predictor.errors import LabelsError
 from predictor.features import FeatureConfig, to_matrix
-from predictor.labels import LabelledRow
-from predictor.model import RoundPredictor, decide_rounds, parameters_sha256
+from predictor.labels import EVAL_ONLY_SOURCES, PSR_OBSERVED, LabelledRow
+from predictor.model import LinearParameters, RoundPredictor, decide_rounds
 
-EVAL_ONLY_SOURCES = frozenset({"self_instruct_user_oriented"})
-DATASET_DERIVED = "dataset-derived, not psr-observed"
-PSR_OBSERVED = "psr-observed"
 CENSORED_EM_ITERATIONS = 5
 TAIL_RISK_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.001)
 
@@ -107,7 +104,7 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
         feature_config=options.config,
         labels=options.labels,
     )
-    predictor = RoundPredictor(model, card)
+    predictor = RoundPredictor(LinearParameters.of(model), card)
     metrics: dict[str, Any] = {
         "held_out": _evaluate(predictor, [trainable[i] for i in test_idx], options),
         "train": _evaluate(predictor, [trainable[i] for i in train_idx], options),
@@ -119,7 +116,7 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     training = {
         **_training_info(options, len(train_idx), held_out_ids),
         "censored_rows": len(censored),
-        "parameters_sha256": parameters_sha256(model),
+        "parameters_sha256": predictor.parameters.sha256(),
     }
     predictor.card = dataclasses.replace(card, metrics=metrics, training=training)
     return predictor

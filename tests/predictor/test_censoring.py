@@ -98,7 +98,7 @@ def counted_as_benign(rows: list[LabelledRow]) -> list[LabelledRow]:
 
 
 def at_operator_tail_risk(predictor: RoundPredictor) -> RoundPredictor:
-    return RoundPredictor(predictor.model, predictor.card, tail_risk=TAIL_RISK)
+    return RoundPredictor(predictor.parameters, predictor.card, tail_risk=TAIL_RISK)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import pytest
 
 from evaluation.datasets import load_jsonl
 from predictor.errors import LabelsError
-from predictor.labels import LabelledRow, read_labels
-from predictor.model import CARD_FILE, RoundPredictor, parameters_sha256
-from predictor.train import EVAL_ONLY_SOURCES, round_metrics, train
+from predictor.labels import EVAL_ONLY_SOURCES, LabelledRow, read_labels
+from predictor.model import CARD_FILE, RoundPredictor
+from predictor.train import round_metrics, train
 from tests.predictor.conftest import SMALL_OPTIONS
 
 
@@ -52,13 +52,13 @@ def test_eval_only_sources_are_reported_but_not_trained_on(trained: RoundPredict
 
 def test_training_reproduces_the_same_model(small_rows: list[LabelledRow], tmp_path: Path) -> None:
     first, second = (train(small_rows, SMALL_OPTIONS) for _ in range(2))
-    assert np.array_equal(first.model.coef_, second.model.coef_)
-    assert np.array_equal(first.model.intercept_, second.model.intercept_)
+    assert np.array_equal(first.parameters.coef, second.parameters.coef)
+    assert np.array_equal(first.parameters.intercept, second.parameters.intercept)
     digest = first.card.training["parameters_sha256"]
     assert digest == second.card.training["parameters_sha256"]
-    # The digest names the fitted parameters, not the file: it survives the round trip through skops.
+    # The digest names the fitted parameters: it survives the round trip through the artifact file.
     first.save(tmp_path)
-    assert parameters_sha256(RoundPredictor.load(tmp_path).model) == digest
+    assert RoundPredictor.load(tmp_path).parameters.sha256() == digest
     other = train(small_rows, dataclasses.replace(SMALL_OPTIONS, regularization=1.0))
     assert other.card.training["parameters_sha256"] != digest
 
