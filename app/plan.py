@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from app.errors import InvalidRequest
@@ -34,6 +35,9 @@ class Plan:
         return ",".join(self.strategies) or "none"
 
 
+# Pure functions of short strings, asked on every request with the same few values (the server's default
+# plan above all): cached, bounded so that varied client headers cannot grow it. An error is not cached.
+@lru_cache(maxsize=256)
 def parse_strategies(value: str, source: str) -> tuple[str, ...]:
     tokens = [token.strip().lower() for token in value.split(",")]
     if tokens == ["none"]:
@@ -58,6 +62,7 @@ def parse_strategies(value: str, source: str) -> tuple[str, ...]:
     return canonical_order(tokens)
 
 
+@lru_cache(maxsize=256)
 def parse_rounds(value: str, max_rounds: int, source: str) -> Rounds:
     text = value.strip().lower()
     if text == "auto":
