@@ -96,9 +96,7 @@ class Account:
         """The first text went out: time to first token, for streams (a JSON body has no first token)."""
         if self.stream and not self._first_text:
             self._first_text = True
-            self._metrics.time_to_first_token.labels(variant=self.variant).observe(
-                time.perf_counter() - self.started
-            )
+            self._metrics.time_to_first_token_of(self.variant).observe(time.perf_counter() - self.started)
 
     def answered(self, text: str, ending: Ending) -> None:
         self._answer = Answered(text, ending.finish_reason, ending.usage)
@@ -116,7 +114,7 @@ class Account:
         stream = "true" if self.stream else "false"
         metrics = self._metrics
         metrics.requests.labels(outcome=outcome, stream=stream, variant=self.variant).inc()
-        metrics.request_latency.labels(stream=stream, variant=self.variant).observe(latency)
+        metrics.latency_of(stream, self.variant).observe(latency)
         answer = self._answer
         if answer is not None and answer.usage is not None and not self.cache_hit:
             details = answer.usage.completion_tokens_details

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None, *, backend: GatewayBackend | No
             await services.close()
             await chosen.close()
 
-    app = FastAPI(title="twice", version=__version__, lifespan=lifespan)
+    enabled = settings.server.opentelemetry
+    telemetry: TelemetryConfig = {"tracing": enabled, "metrics": enabled, "logs": enabled}
+    app = FastAPI(title="twice", version=__version__, lifespan=lifespan, telemetry=telemetry)
     install_error_handlers(app)
     app.add_middleware(ChatRoute)  # inside HeaderLimits (the last added is the outermost)
     app.add_middleware(HeaderLimits, limits=settings.limits)

@@ -13,8 +13,8 @@ event and `[DONE]` (the status line has gone already).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,7 +52,8 @@ class Envelope:
 
     @classmethod
     def new(cls, model: str) -> Envelope:
-        return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model)
+        # 32 random hex digits, as uuid4().hex gave, without building a UUID (a third of the cost).
+        return cls(f"chatcmpl-{secrets.token_hex(16)}", int(time.time()), model)
 
     def headers(self, applied: str) -> dict[str, str]:
         """The response headers every answer carries; `applied`: the strategies that wrote it, or none."""

@@ -32,3 +32,13 @@ def test_the_chat_route_stays_declared_for_the_openapi_document() -> None:
     assert route.methods == {"POST"}
     app = create_app(Settings())
     assert "post" in app.openapi()["paths"][CHAT_PATH]
+
+
+def test_fastapi_opentelemetry_follows_the_setting() -> None:
+    """Off by default (each request would ask OpenTelemetry for its global providers); on when asked."""
+    off = create_app(Settings())
+    on = create_app(Settings.model_validate({"server": {"opentelemetry": True}}))
+    for app, enabled in ((off, False), (on, True)):
+        config = app._telemetry
+        assert (config["tracing"], config["metrics"], config["logs"]) == (enabled, enabled, enabled)
+    assert not off._native_telemetry.enabled()

@@ -13,6 +13,7 @@ from app.metrics import (
     CACHE_RESULTS,
     NO_VARIANT,
     OUTCOMES,
+    Children,
     GatewayMetrics,
     MetricsObserver,
     outcome_of,
@@ -161,3 +162,19 @@ def test_two_gateways_metrics_on_their_own_registries_do_not_collide() -> None:
     first, second = fresh(), fresh()
     first.count_tokens(5, 5)
     assert value(second, "twice_tokens_total", kind="prompt") is None
+
+
+def test_cached_children_count_into_the_series_of_their_label_values() -> None:
+    metrics = fresh()
+    children = Children(metrics.request_latency)
+    assert children("true", "b") is children("true", "b")
+    assert children("true", "b") is metrics.request_latency.labels(stream="true", variant="b")
+    children("true", "b").observe(0.2)
+    metrics.latency_of("false", "a").observe(0.1)
+    metrics.count_tokens(3, 5)
+    metrics.upstreams.call("http://u1")
+    assert value(metrics, "twice_request_duration_seconds_count", stream="true", variant="b") == 1
+    assert value(metrics, "twice_request_duration_seconds_count", stream="false", variant="a") == 1
+    assert value(metrics, "twice_request_duration_seconds_count", stream="false", variant="b") is None
+    assert value(metrics, "twice_tokens_total", kind="completion") == 5
+    assert value(metrics, "twice_upstream_calls_total", upstream="http://u1") == 1
