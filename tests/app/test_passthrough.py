@@ -99,9 +99,9 @@ class Upstream:
         return response
 
 
-def sse(*chunks: bytes, pause_s: float = 0.0, then: str = "end", **headers: str) -> Answer:
+def sse(*chunks: bytes, pause_s: float = 0.0, then: str = "end") -> Answer:
     return Answer(
-        headers={"Content-Type": "text/event-stream", **headers},
+        headers={"Content-Type": "text/event-stream"},
         stream=True,
         chunks=chunks,
         pause_s=pause_s,
@@ -366,6 +366,32 @@ async def test_vllms_own_headers_are_relayed_and_hop_by_hop_ones_are_not(
     assert sent.header("keep-alive") == []
     assert sent.header("server") == []  # the gateway's own server writes its own
     assert sent.header("date") == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_header_the_gateway_sets_is_sent_once_with_the_gateways_value(
+    backend: VllmBackend, upstream: Upstream, stream: bool
+) -> None:
+    """vLLM's lower-case copy of a header the gateway writes itself is not relayed beside it."""
+    copies = {
+        "x-twice-request-id": "chatcmpl-upstream",
+        "x-twice-strategy-applied": "psr",
+        "cache-control": "no-store",
+        "x-accel-buffering": "yes",
+    }
+    upstream.answer = sse(*STREAM) if stream else Answer(body=completion())
+    upstream.answer.headers.update(copies)
+    sent, _ = await forwarded(backend, stream=stream)
+    assert sent.header(REQUEST_ID_HEADER) == ["chatcmpl-gateway"]
+    assert sent.header(APPLIED_HEADER) == ["none"]
+    assert len(sent.header("content-type")) == 1
+    assert len(sent.header("content-length")) == (0 if stream else 1)
+    if stream:
+        assert (sent.header("cache-control"), sent.header("x-accel-buffering")) == (["no-cache"], ["no"])
+    else:
+        assert (sent.header("cache-control"), sent.header("x-accel-buffering")) == (["no-store"], ["yes"])
+    names = [name for name, _ in sent.raw_headers]
+    assert len(names) == len(set(names))
 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
