@@ -159,10 +159,16 @@ class StreamReader:
         if event.get("usage"):
             self._usage = event["usage"]
         choices = event.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+            self._plain = False  # not a chunk this reader understands: relayed all the same, never kept
+            return
         if len(choices) > 1 or any(choice.get("index", 0) for choice in choices):
             self._plain = False
         for choice in choices:
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                self._plain = False
+                continue
             if delta.get("tool_calls"):
                 self._plain = False
             if isinstance(delta.get("content"), str):

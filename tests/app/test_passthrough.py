@@ -529,8 +529,26 @@ async def test_a_stream_that_is_not_one_plain_text_is_relayed_whole_but_never_ke
         b"data: not json\n\n",
         event({"id": "chatcmpl-up", "object": "chat.completion.chunk"}),
         event({"choices": None, "usage": None}),
+        event({"choices": {"0": {"delta": {}}}}),
+        event({"choices": 5}),
+        event({"choices": [None, 1, "two"]}),
+        event({"choices": [{"index": 0, "delta": "text", "finish_reason": None}]}),
+        event({"choices": [None], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
     ],
-    ids=["comment", "fields", "array", "string", "not-json", "no-choices", "nulls"],
+    ids=[
+        "comment",
+        "fields",
+        "array",
+        "string",
+        "not-json",
+        "no-choices",
+        "nulls",
+        "choices-object",
+        "choices-number",
+        "choices-not-objects",
+        "delta-string",
+        "usage-beside-odd-choices",
+    ],
 )
 @pytest.mark.parametrize("keeps", [True, False], ids=["every-event", "usage-only"])
 async def test_an_odd_but_valid_event_is_relayed_and_the_stream_goes_on(
