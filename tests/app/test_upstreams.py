@@ -7,6 +7,7 @@ loopback, served on the test's event loop; only DNS is scripted (there is no DNS
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
@@ -404,6 +405,29 @@ def test_a_dns_target_is_host_and_port(value: str, expected: tuple[str, int]) ->
 def test_a_dns_target_without_a_host_and_a_numeric_port_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="host:port"):
         parse_dns_target(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("https://vllm:8000", "no scheme but http://"),
+        ("grpc://vllm:8000", "no scheme but http://"),
+        ("vllm/v1:8000", "no path"),
+        ("http://vllm:8000/v1", "no path"),
+        ("vllm:8000?x=1", "no path"),
+        ("admin@vllm:8000", "no path"),
+        ("vllm:0", "from 1 to 65535"),
+        ("vllm:65536", "from 1 to 65535"),
+        ("vllm:\uff18\uff10\uff10\uff10", "host:port"),  # full-width digits are not a port
+    ],
+)
+def test_a_dns_target_with_a_scheme_a_path_or_an_impossible_port_is_refused(value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)) as raised:
+        parse_dns_target(value)
+    assert "host:port" in str(raised.value)
+    assert repr(value) in str(raised.value)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        UpstreamPool(VllmSettings(upstreams_dns=value))
 
 
 async def test_resolve_host_gives_each_address_once_sorted() -> None:
