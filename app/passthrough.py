@@ -12,7 +12,7 @@ the one JSON parse of a whole body. A stream's every event is parsed only while 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -43,13 +43,22 @@ async def forward_chat(
     if relayed.events is None:
         if relayed.status == 200:
             account.relayed(read_body(relayed.body))
-        return Response(relayed.body, status_code=relayed.status, headers={**relayed.headers, **headers})
+        return Response(relayed.body, status_code=relayed.status, headers=_merged(relayed.headers, headers))
     return StreamingResponse(
         _relay_events(relayed.events, account),
         status_code=200,
-        headers={**relayed.headers, **headers, **SSE_HEADERS},
+        headers=_merged(relayed.headers, {**headers, **SSE_HEADERS}),
         media_type="text/event-stream",
     )
+
+
+def _merged(relayed: Mapping[str, str], own: dict[str, str]) -> dict[str, str]:
+    """vLLM's headers less those the gateway sets itself, whatever their case (vLLM's lower-case copy would
+    be sent beside the gateway's), then the gateway's."""
+    mine = {name.lower() for name in own}
+    merged = {name: value for name, value in relayed.items() if name.lower() not in mine}
+    merged.update(own)
+    return merged
 
 
 async def _relay_events(events: AsyncGenerator[bytes, None], account: Account) -> AsyncGenerator[bytes, None]:
@@ -150,10 +159,16 @@ class StreamReader:
         if event.get("usage"):
             self._usage = event["usage"]
         choices = event.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+            self._plain = False  # not a chunk this reader understands: relayed all the same, never kept
+            return
         if len(choices) > 1 or any(choice.get("index", 0) for choice in choices):
             self._plain = False
         for choice in choices:
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                self._plain = False
+                continue
             if delta.get("tool_calls"):
                 self._plain = False
             if isinstance(delta.get("content"), str):

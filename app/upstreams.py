@@ -102,11 +102,18 @@ def rank(key: str, urls: Iterable[str]) -> list[str]:
 
 
 def parse_dns_target(value: str) -> tuple[str, int]:
-    """`host:port` (an `http://` prefix and a trailing slash are accepted) to its host and port."""
+    """`host:port` (an `http://` prefix and a trailing slash are accepted) to its host and port. Another
+    scheme, a path (or query, or user) or a port out of 1-65535 is refused: the pool's URLs would be wrong."""
     text = value.strip().removeprefix("http://").rstrip("/")
+    if "://" in text:
+        raise ValueError(f"vllm.upstreams_dns must be host:port, with no scheme but http://, not {value!r}")
+    if any(char in text for char in "/?#@"):
+        raise ValueError(f"vllm.upstreams_dns must be host:port, with no path, query or user, not {value!r}")
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"vllm.upstreams_dns must be host:port, not {value!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"vllm.upstreams_dns must be host:port with a port from 1 to 65535, not {value!r}")
     return host.strip("[]"), int(port)
 
 
