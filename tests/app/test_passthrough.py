@@ -369,6 +369,19 @@ async def test_vllms_own_headers_are_relayed_and_hop_by_hop_ones_are_not(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+async def test_a_header_value_outside_latin_1_is_relayed_as_the_bytes_vllm_sent(
+    backend: VllmBackend, upstream: Upstream, stream: bool
+) -> None:
+    """HTTP header values are bytes; Starlette writes str values as latin-1, so a UTF-8 value that aiohttp
+    decoded used to make building the response raise (a 500 for a valid answer)."""
+    upstream.answer = sse(*STREAM) if stream else Answer(body=completion())
+    upstream.answer.headers["X-Vllm-Note"] = "café €"
+    sent, _ = await forwarded(backend, stream=stream)
+    assert sent.status == 200
+    assert (b"x-vllm-note", "café €".encode()) in sent.raw_headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
 async def test_a_header_the_gateway_sets_is_sent_once_with_the_gateways_value(
     backend: VllmBackend, upstream: Upstream, stream: bool
 ) -> None:

@@ -41,7 +41,7 @@ async def relayed(response: aiohttp.ClientResponse, *, stream: bool) -> Relayed:
     """What to relay of `response`: its events when a stream was asked for and vLLM answers one, else its
     bytes. The response is released once read (for a stream: once its events end or are closed)."""
     status = response.status
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}
+    headers = {k: _as_sent(v) for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}
     if status >= 500:
         response.release()
         return Relayed(status, headers)
@@ -52,3 +52,10 @@ async def relayed(response: aiohttp.ClientResponse, *, stream: bool) -> Relayed:
         return Relayed(status, headers, await read_body(response))
     finally:
         response.release()
+
+
+def _as_sent(value: str) -> str:
+    """A header value as the latin-1 string of the bytes vLLM sent: aiohttp decodes header bytes as UTF-8
+    (undecodable bytes escaped), while an ASGI response writes a str value as latin-1 and cannot write
+    `€` at all."""
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
