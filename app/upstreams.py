@@ -291,7 +291,7 @@ class UpstreamPool:
         self._resolved_at = time.monotonic()
         try:
             addresses = await self._resolver(host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (a label over 63)
             log.warning(
                 "cannot resolve %s (%s); keeping the %d known upstreams", host, exc, len(self._members)
             )

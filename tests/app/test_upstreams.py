@@ -125,13 +125,13 @@ def listed(urls: Iterable[str], **overrides: Any) -> VllmSettings:
 class ScriptedDns:
     """A stand-in for DNS (no DNS server here): answers, or raises, what the test sets; counts questions."""
 
-    def __init__(self, answer: list[str] | OSError) -> None:
+    def __init__(self, answer: list[str] | Exception) -> None:
         self.answer = answer
         self.questions: list[tuple[str, int]] = []
 
     async def __call__(self, host: str, port: int) -> list[str]:
         self.questions.append((host, port))
-        if isinstance(self.answer, OSError):
+        if isinstance(self.answer, Exception):
             raise self.answer
         return list(self.answer)
 
@@ -470,8 +470,16 @@ async def test_dns_discovery_checks_a_new_address_before_it_takes_traffic_and_fo
                 assert pool.pick("any").url == second_url
 
 
-@pytest.mark.parametrize("failure", [socket.gaierror(-3, "Temporary failure in name resolution"), []])
-async def test_a_failed_or_empty_resolution_keeps_the_known_upstreams(failure: OSError | list[str]) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        socket.gaierror(-3, "Temporary failure in name resolution"),
+        # What the real resolver raises for a name with a label over 63 characters: it stopped the checker.
+        UnicodeError("encoding with 'idna' codec failed (UnicodeError: label too long)"),
+        [],
+    ],
+)
+async def test_a_failed_or_empty_resolution_keeps_the_known_upstreams(failure: Exception | list[str]) -> None:
     async with health_server(Health()) as url:
         port = int(url.rsplit(":", 1)[1])
         dns = ScriptedDns(["127.0.0.1"])
