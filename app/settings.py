@@ -48,6 +48,22 @@ def checked_url(text: str, setting: str, schemes: tuple[str, ...], *, several: s
     return text
 
 
+def parse_dns_target(value: str) -> tuple[str, int]:
+    """`host:port` (an `http://` prefix and a trailing slash are accepted) to its host and port. Another
+    scheme, a path (or query, or user) or a port out of 1-65535 is refused: the pool's URLs would be wrong."""
+    text = value.strip().removeprefix("http://").rstrip("/")
+    if "://" in text:
+        raise ValueError(f"vllm.upstreams_dns must be host:port, with no scheme but http://, not {value!r}")
+    if any(char in text for char in "/?#@"):
+        raise ValueError(f"vllm.upstreams_dns must be host:port, with no path, query or user, not {value!r}")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"vllm.upstreams_dns must be host:port, not {value!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"vllm.upstreams_dns must be host:port with a port from 1 to 65535, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def settings_problem(error: ValidationError) -> str:
     """What is wrong with the settings, one line per problem, for a person reading a start-up failure."""
     lines = []
@@ -224,6 +240,13 @@ class VllmSettings(BaseModel):
     def _each_url(cls, value: list[str]) -> list[str]:
         setting = "each of TWICE_VLLM__UPSTREAMS (--upstreams)"
         return [checked_url(url, setting, HTTP_SCHEMES) for url in value]
+
+    @field_validator("upstreams_dns")
+    @classmethod
+    def _dns_target(cls, value: str) -> str:
+        if value.strip():
+            parse_dns_target(value)  # refused at start-up, not when the pool is built
+        return value
 
     @model_validator(mode="after")
     def _one_discovery(self) -> VllmSettings:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from app.settings import VllmSettings
+from app.settings import VllmSettings, parse_dns_target
 
 log = logging.getLogger("twice.upstreams")
 
@@ -39,7 +39,6 @@ __all__ = [
     "UpstreamObserver",
     "UpstreamPool",
     "UpstreamRouted",
-    "parse_dns_target",
     "rank",
     "resolve_host",
 ]
@@ -99,22 +98,6 @@ def rank(key: str, urls: Iterable[str]) -> list[str]:
     """`urls` in the order `key` prefers them (rendezvous hashing): stable while the set is, and removing one
     URL leaves the order of the others unchanged."""
     return sorted(urls, key=lambda url: _weight(key, url), reverse=True)
-
-
-def parse_dns_target(value: str) -> tuple[str, int]:
-    """`host:port` (an `http://` prefix and a trailing slash are accepted) to its host and port. Another
-    scheme, a path (or query, or user) or a port out of 1-65535 is refused: the pool's URLs would be wrong."""
-    text = value.strip().removeprefix("http://").rstrip("/")
-    if "://" in text:
-        raise ValueError(f"vllm.upstreams_dns must be host:port, with no scheme but http://, not {value!r}")
-    if any(char in text for char in "/?#@"):
-        raise ValueError(f"vllm.upstreams_dns must be host:port, with no path, query or user, not {value!r}")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"vllm.upstreams_dns must be host:port, not {value!r}")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError(f"vllm.upstreams_dns must be host:port with a port from 1 to 65535, not {value!r}")
-    return host.strip("[]"), int(port)
 
 
 async def resolve_host(host: str, port: int) -> list[str]:

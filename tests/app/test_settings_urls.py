@@ -66,3 +66,15 @@ def test_twice_serve_exits_with_the_message_and_no_traceback() -> None:
     assert run.returncode == 2
     assert "TWICE_VLLM__UPSTREAMS (--upstreams)" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("bad", ["https://vllm:8000", "vllm/v1:8000", "vllm:0", "vllm", "vllm:http"])
+def test_a_dns_target_that_is_not_host_and_port_is_refused_at_start_up(bad: str) -> None:
+    assert "vllm.upstreams_dns must be host:port" in problem(upstreams_dns=bad)
+
+
+def test_a_dns_target_of_host_and_port_is_kept_as_given() -> None:
+    assert (
+        VllmSettings.model_validate({"upstreams_dns": "vllm-headless:8000"}).upstreams_dns
+        == "vllm-headless:8000"
+    )

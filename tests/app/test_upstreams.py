@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from app.backends.vllm.transport import Transport
 from app.metrics import UpstreamMetrics
-from app.settings import VllmSettings
-from app.upstreams import HealthCheck, Upstream, UpstreamPool, parse_dns_target, rank, resolve_host
+from app.settings import VllmSettings, parse_dns_target
+from app.upstreams import HealthCheck, Upstream, UpstreamPool, rank, resolve_host
 from tests.support.loopback import free_port
 
 FAST = {"health_interval_s": 0.02, "health_timeout_s": 0.3, "retries": 0}

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings, VllmSettings
-from app.upstreams import AffinityTracker, UpstreamPool, parse_dns_target, rank
+from app.settings import Settings, VllmSettings, parse_dns_target
+from app.upstreams import AffinityTracker, UpstreamPool, rank
 
 URLS = [f"http://10.0.0.{n}:8000" for n in range(1, 5)]
 
