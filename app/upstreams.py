@@ -298,7 +298,9 @@ class UpstreamPool:
             await asyncio.sleep(self._settings.health_interval_s)
             if time.monotonic() - self._resolved_at >= self._settings.dns_refresh_s:
                 await self._refresh_dns()
-            try:
-                await asyncio.gather(*(self._probe(check, m) for m in list(self._members.values())))
-            except Exception:  # keep checking whatever one round did; a dead watcher would freeze the pool
-                log.exception("upstream health round failed")
+            # Every check of the round ends before the next round starts, even when one raises (a dead
+            # watcher would freeze the pool; an abandoned check would overlap the next one).
+            checks = [self._probe(check, m) for m in list(self._members.values())]
+            for result in await asyncio.gather(*checks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.error("upstream health check failed", exc_info=result)

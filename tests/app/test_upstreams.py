@@ -325,6 +325,40 @@ async def test_a_check_that_raises_does_not_stop_the_checking() -> None:
             await until(lambda: not pool.pick(None).healthy)
 
 
+async def test_a_round_with_a_check_that_raises_waits_for_its_other_checks() -> None:
+    """The next round starts only when every check of this one has ended, so one upstream is never checked
+    twice at once (and a late result never lands after a newer one)."""
+    async with health_server(Health()) as first, health_server(Health()) as second:
+        chosen = listed([first, second], unhealthy_after=1, healthy_after=1)
+        pool = UpstreamPool(chosen)
+        in_flight: dict[str, int] = {first: 0, second: 0}
+        most = {first: 0, second: 0}
+        slow_checks: list[str] = []
+        first_checks: list[str] = []
+
+        def one_raises_one_slow(transport: Transport) -> HealthCheck:
+            async def check(checked: str) -> bool:
+                if checked == first:
+                    first_checks.append(checked)
+                    if len(first_checks) > 1:  # the start-up probe passes; the rounds' checks raise
+                        raise RuntimeError("a check that broke")  # a fake fault, as above
+                    return True
+                in_flight[checked] += 1
+                most[checked] = max(most[checked], in_flight[checked])
+                try:
+                    await asyncio.sleep(FAST["health_interval_s"] * 5)  # slower than the interval
+                    slow_checks.append(checked)
+                    return await transport.healthy(checked)
+                finally:
+                    in_flight[checked] -= 1
+
+            return check
+
+        async with started(pool, chosen, one_raises_one_slow):
+            await until(lambda: len(slow_checks) >= 3)
+        assert most[second] == 1
+
+
 async def test_close_stops_the_checks() -> None:
     health = Health()
     async with health_server(health) as url:
