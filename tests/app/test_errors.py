@@ -190,6 +190,10 @@ def error_app() -> FastAPI:
     async def too_large() -> None:
         raise HTTPException(status_code=413, detail="body too large")
 
+    @app.get("/challenge")
+    async def challenge() -> None:
+        raise HTTPException(status_code=401, detail="who are you", headers={"WWW-Authenticate": "Bearer"})
+
     @app.get("/teapot")
     async def teapot() -> None:
         raise HTTPException(status_code=418, detail="short and stout")
@@ -305,3 +309,15 @@ async def test_routing_errors_keep_their_status_in_the_same_body(client: httpx.A
         "param": None,
         "code": None,
     }
+
+
+async def test_routing_errors_keep_their_headers(client: httpx.AsyncClient) -> None:
+    """A 405 must say which methods the resource allows (RFC 9110 section 15.5.6): Starlette puts them in
+    `Allow`, and the rendered error keeps them, as it keeps any header an HTTPException carries."""
+    wrong_method = await client.get("/chat")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    challenged = await client.get("/challenge")
+    assert challenged.status_code == 401
+    assert challenged.headers["www-authenticate"] == "Bearer"
+    assert error_of(challenged)["message"] == "who are you"
