@@ -194,7 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         error_class = {404: NotFound, 413: PayloadTooLarge}.get(exc.status_code, InvalidRequest)
-        error = error_class(str(exc.detail))
+        # Its headers too: a 405's `Allow` (which RFC 9110 requires), a 401's `WWW-Authenticate`.
+        error = error_class(str(exc.detail), headers=dict(exc.headers or {}))
         response = error_response(error)
         response.status_code = exc.status_code
         return response
