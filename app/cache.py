@@ -16,6 +16,7 @@ declared to the script: Redis Cluster would need the entries and the index in on
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from app.render import Ending
 from app.settings import CacheSettings
 from app.store import RedisStore, StoreUnavailable
 from refiners.base import GenerationEvent, TextPiece
+
+log = logging.getLogger("twice.cache")
 
 _IGNORED_FIELDS = ("stream", "stream_options", "user")
 _REPLAY_CHUNK_CHARS = 64
@@ -76,9 +79,17 @@ class CachedAnswer:
         )
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> CachedAnswer:
-        data = orjson.loads(raw)
-        return cls(content=data["c"], finish_reason=data["f"], usage=data["u"], strategies=data["s"])
+    def from_json(cls, raw: str | bytes) -> CachedAnswer | None:
+        """The entry, or None for one this code cannot read (damaged, or written by another version)."""
+        try:
+            data = orjson.loads(raw)
+            answer = cls(content=data["c"], finish_reason=data["f"], usage=data["u"], strategies=data["s"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        texts = (answer.content, answer.finish_reason, answer.strategies)
+        if not all(isinstance(text, str) for text in texts) or not isinstance(answer.usage, dict | None):
+            return None
+        return answer
 
     def usage_info(self) -> UsageInfo | None:
         """The usage to replay; None when it was not known (or an older entry holds what it cannot be)."""
@@ -144,7 +155,12 @@ class ResponseCache:
             raise StoreUnavailable("redis is disabled")
         keys = [self._key(digest), self.index]
         raw = await self._store.run(lambda _: script(keys=keys))
-        return CachedAnswer.from_json(raw) if raw is not None else None
+        if raw is None:
+            return None
+        answer = CachedAnswer.from_json(raw)
+        if answer is None:
+            log.warning("cache entry %s cannot be read; answering afresh", digest)
+        return answer
 
     async def put(self, digest: str, answer: Answered, strategies: str) -> bool:
         if not (answer.complete and answer.plain and answer.finish_reason):

@@ -197,6 +197,24 @@ async def test_a_stored_answer_comes_back_with_its_usage_and_strategies(bounded:
 
 
 @pytest.mark.parametrize(
+    "stored",
+    [b"not json", b"[]", b'{"c": "text"}', b'{"c": 1, "f": "stop", "u": null, "s": "none"}'],
+    ids=["not-json", "not-an-object", "fields-missing", "wrong-type"],
+)
+async def test_an_entry_this_code_cannot_read_is_a_miss_and_is_replaced(
+    bounded: Cache, stored: bytes
+) -> None:
+    """Written by another version, or damaged: the request is answered afresh (it was a 500), and the fresh
+    answer takes the entry's place."""
+    bounded.redis.set(f"{bounded.prefix}cache:k1", stored)
+    assert await bounded.cache.get("k1") is None
+    assert await bounded.cache.put("k1", answer("fresh"), "none")
+    found = await bounded.cache.get("k1")
+    assert found is not None
+    assert found.content == "fresh"
+
+
+@pytest.mark.parametrize(
     "kept",
     [
         answer(complete=False),  # a stream that did not reach its end
