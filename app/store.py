@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from app.metrics import GatewayMetrics
 from app.settings import RedisSettings
@@ -124,5 +124,6 @@ class RedisStore:
 
 
 def _is_reply_error(exc: BaseException) -> bool:
-    """Redis answered with an error (a bug of ours, a wrong type): it is up, so do not mark it down."""
-    return isinstance(exc, ResponseError)
+    """Redis answered with an error (a bug of ours, a wrong type): it is up, so do not mark it down. A replica
+    refusing a write (READONLY, after a fail-over) is no such error: for the gateway, Redis is unavailable."""
+    return isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)

@@ -7,13 +7,18 @@ one-try policy would then rest on redis-py's conversion).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from app.metrics import GatewayMetrics
 from app.settings import RedisSettings
 from app.store import RedisStore, StoreUnavailable
+from tests.experiments.support import OwnRedis
+from tests.support.loopback import free_port
 
 
 async def test_store_answers_and_tries_each_command_once() -> None:
@@ -43,3 +48,27 @@ async def test_store_unreachable_degrades_instead_of_raising() -> None:
             await store.run(lambda client: client.get("anything"))
     finally:
         await store.close()
+
+
+async def test_a_replica_that_refuses_writes_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    """After a fail-over the gateway may talk to a replica: it answers reads and refuses writes (READONLY).
+    That is Redis unavailable for the gateway's purposes (degrade), not a bug of ours to raise."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    try:
+        replica = redis.Redis(port=server.port)
+        replica.replicaof("127.0.0.1", free_port())  # a master that is not there: the replica stays read-only
+        replica.close()
+        store = RedisStore(
+            RedisSettings(url=SecretStr(f"redis://127.0.0.1:{server.port}/0")),
+            GatewayMetrics(CollectorRegistry()),
+        )
+        try:
+            assert await store.check()
+            assert await store.run(lambda client: client.get("anything")) is None
+            with pytest.raises(StoreUnavailable):
+                await store.run(lambda client: client.set("anything", "1"))
+        finally:
+            await store.close()
+    finally:
+        server.stop()
