@@ -21,6 +21,7 @@ from predictor.datasets import (
     evaluation_data_hashes,
     load_evaluation_prompts,
     parse_dataset_specs,
+    row_part,
 )
 from predictor.errors import LabelsError, PredictorError
 from predictor.gateway_labels import (
@@ -270,7 +271,8 @@ def _train(args: argparse.Namespace) -> int:
         predictor = train(rows, options)
         predictor.card = _with_provenance(predictor.card, labels_path, rows)
         card = predictor.save(args.out)
-        written = write_held_out(rows, set(card.training["held_out_ids"]), args.out)
+        never_fitted = {*card.training["held_out_ids"], *card.training.get("heldout_part_ids", ())}
+        written = write_held_out(rows, never_fitted, args.out)
     except PredictorError as error:
         print(f"twice predictor train: {error}", file=sys.stderr)
         return 1
@@ -283,7 +285,8 @@ def _train(args: argparse.Namespace) -> int:
 def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> list[Path]:
     """The prompts no model was fitted on, with text, as `twice eval` datasets in `out/held_out/`: one file
     per source and label (`xstest_benign.jsonl`), so the eval's tables break down the same way. They are the
-    held-out split plus every row of an evaluation-only source."""
+    test side of the dev split, every row of the evaluation's held-out part, and every row of an
+    evaluation-only source; each keeps its `part`, so `twice eval` can tell the two parts apart."""
     groups: dict[str, list[LabelledRow]] = {}
     for row in rows:
         if row.messages is not None and (row.id in held_out or row.source in EVAL_ONLY_SOURCES):
@@ -300,6 +303,7 @@ def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> li
                     "label": "harmful" if row.harmful else "benign",
                     "source": row.source,
                     "label_rounds": row.label_rounds,
+                    "part": row_part(row),
                 },
                 ensure_ascii=False,
             )
@@ -348,7 +352,7 @@ def _meta_path(labels_path: Path) -> Path:
 
 def _print_metrics(metrics: Any, tail_risk: float, out: Path) -> None:
     print(f"tail_risk (calibrated on the training split): {tail_risk}")
-    for split in ("held_out", "eval_only_sources", "train"):
+    for split in ("held_out", "heldout_part", "eval_only_sources", "train"):
         if split not in metrics:
             continue
         values = metrics[split]

@@ -19,14 +19,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from evaluation.datasets import REFUSE_LABELS, SHIPPED_DATA_DIR, DatasetError, Item, sample
 from evaluation.jailbreaks import JAILBREAK_LOADERS
 from evaluation.registry import DatasetSpec, load
 from evaluation.splits import Split, part_of
 from predictor.errors import LabelsError
-from predictor.labels import sha256_file
+from predictor.labels import PARTS, LabelledRow, sha256_file
 
 DEFAULT_DATA_DIR = Path(
     os.environ.get("TWICE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -138,6 +138,14 @@ def legacy_part(row_id: str, source: str) -> Split | None:
     if colon and dataset == source and source in DATASET_FILES and source not in JAILBREAK_LOADERS:
         return part_of(row_id)
     return None
+
+
+def row_part(row: LabelledRow) -> Split:
+    """A row's evaluation part: its own, else `legacy_part` of its id, else `dev` (telemetry and unknown
+    ids: nothing says they were held out)."""
+    if row.part in PARTS:
+        return cast(Split, row.part)
+    return legacy_part(row.id, row.source) or "dev"
 
 
 def _evaluation_prompt(item: Item) -> LabelledPrompt:
