@@ -61,6 +61,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     label.add_argument("--base-url", help="Gateway base URL, e.g. http://127.0.0.1:8000.")
     label.add_argument("--model", help="Model name to request.")
+    label.add_argument(
+        "--model-sha256",
+        help="sha256 of the model file the gateway serves, recorded as provenance (`twice models` lists the "
+        "catalogue's; the gateway verifies its file against it).",
+    )
     label.add_argument("--max-rounds", type=int, default=8, help="psr rounds budget N (default 8).")
     label.add_argument(
         "--out",
@@ -110,7 +115,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     fit.set_defaults(handler=_train)
 
 
-LABEL_SETTINGS = ("labels", "model", "max_rounds", "max_tokens", "benign_observed")
+LABEL_SETTINGS = ("labels", "model", "model_sha256", "max_rounds", "max_tokens", "benign_observed")
 """What every row of one labels file must share: a rerun with other settings is refused, not mixed in."""
 
 
@@ -122,6 +127,7 @@ def _label(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {
             "labels": DATASET_DERIVED if args.dataset_derived else PSR_OBSERVED,
             "model": None if args.dataset_derived else args.model,
+            "model_sha256": None if args.dataset_derived else args.model_sha256,
             "max_rounds": args.max_rounds,
             "max_tokens": None if args.dataset_derived else args.max_tokens,
             "benign_observed": not (args.dataset_derived or args.skip_benign),
@@ -191,6 +197,10 @@ def _label_meta(
     """The meta of a labels file: its settings, data hashes and runs, carried over from `previous` (the
     meta of the rows already in it), refused when they were labelled otherwise."""
     changed = [key for key in LABEL_SETTINGS if key in previous and previous[key] != settings[key]]
+    if "model_sha256" in changed and settings["model_sha256"] is None:
+        # A rerun that does not repeat the hash keeps the one recorded: it names the same model.
+        changed.remove("model_sha256")
+        settings = {**settings, "model_sha256": previous["model_sha256"]}
     old_hashes: dict[str, str] = previous.get("data_sha256", {})
     changed += [name for name, digest in hashes.items() if old_hashes.get(name, digest) != digest]
     if changed:

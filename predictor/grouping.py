@@ -11,7 +11,10 @@ group: two rows are linked when the word sets of their requests (a jailbreak's w
 user text; lowercased `\\w+` tokens) have a Jaccard similarity of at least 0.6, or when they share a jailbreak
 template (so a request and its wrappings, and all the requests wrapped in one template, stay together).
 Groups are the connected components of these links, and scikit-learn's `StratifiedGroupKFold` assigns whole
-groups to a side.
+groups to a side. Rows sharing a template link every request wrapped in it, so with the default datasets the
+jailbreaks and the AdvBench requests they wrap form one large group (440 of 1,132 dev rows) that the split
+keeps on one side; jailbreak figures then come from the evaluation's held-out part, which is split by
+template and request alike.
 """
 
 from __future__ import annotations

@@ -212,13 +212,21 @@ def test_rerun_skips_labelled_ids_and_retries_failures(tmp_path: Path) -> None:
 def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     data = _custom_dataset(tmp_path / "custom.jsonl", {"a": "plain"})
     out = tmp_path / "labels.jsonl"
+    digest = "cd" * 32
     with running_fake_gateway() as (base_url, log):
-        assert _run(_label_command(base_url, out, str(data))).returncode == 0
+        first = _run([*_label_command(base_url, out, str(data)), "--model-sha256", digest])
+        assert first.returncode == 0
         other = _run([*_label_command(base_url, out, str(data)), "--max-tokens", "64"])
+        other_model = _run([*_label_command(base_url, out, str(data)), "--model-sha256", "ab" * 32])
+        # Not repeating the hash is no change: the recorded one stays.
+        assert _run(_label_command(base_url, out, str(data))).returncode == 0
     assert other.returncode == 1
     assert "max_tokens" in other.stderr
+    assert other_model.returncode == 1
+    assert "model_sha256" in other_model.stderr
     assert len(log.bodies) == 1
     assert len(read_labels(out)) == 1
+    assert json.loads((tmp_path / "labels.meta.json").read_text())["model_sha256"] == digest
 
 
 def test_a_killed_run_keeps_completed_rows_and_resumes(tmp_path: Path) -> None:
