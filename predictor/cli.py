@@ -8,6 +8,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +92,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     label.add_argument("--no-progress", action="store_true", help="No progress bar.")
     label.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="SECONDS",
+        help="Start no request after this long (those in flight finish); rerun to go on.",
+    )
+    label.add_argument(
         "--dataset-derived",
         action="store_true",
         help="Skip the gateway: harmful prompts get max rounds, benign 0 (provisional labels).",
@@ -137,7 +144,7 @@ def _label(args: argparse.Namespace) -> int:
             rows = [dataset_row(prompt, args.max_rounds) for prompt in prompts]
             write_labels(args.out, rows)
             meta = _label_meta({}, settings, args, hashes)
-            _record_run(meta, args.out, started, sent=len(rows), failures=[])
+            _record_run(meta, args.out, started, len(rows), labelled=len(rows), failures=[])
             print(f"wrote {len(rows)} rows to {args.out}")
             return 0
         if not args.base_url or not args.model:
@@ -151,10 +158,7 @@ def _label(args: argparse.Namespace) -> int:
     except PredictorError as error:
         print(f"twice predictor label: {error}", file=sys.stderr)
         return 1
-    print(
-        f"labelled {len(pending) - len(failures)} prompts into {args.out} ({len(failures)} failed: "
-        "run the same command again to retry them)"
-    )
+    print(f"{args.out}: {len(failures)} failed (run the same command again to retry them)")
     return 1 if failures else 0
 
 
@@ -172,22 +176,28 @@ def _label_pending(
         api_key=args.api_key,
         observe_benign=not args.skip_benign,
         progress=not args.no_progress,
+        stop_at=None if args.stop_after is None else time.monotonic() + args.stop_after,
     )
     failures: list[LabelFailure] = []
-    _record_run(meta, args.out, started, sent=len(pending), failures=None)
+    labelled: list[str] = []
+    _record_run(meta, args.out, started, len(pending), labelled=None, failures=None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as out:
 
         def save(result: LabelledRow | LabelFailure) -> None:
             if isinstance(result, LabelledRow):
                 append_label(out, result)
+                labelled.append(result.id)
             else:
                 failures.append(result)
 
         try:
             asyncio.run(label_through_gateway(pending, run, on_result=save))
         finally:
-            _record_run(meta, args.out, started, sent=len(pending), failures=failures)
+            _record_run(meta, args.out, started, len(pending), len(labelled), failures)
+    left = len(pending) - len(labelled) - len(failures)
+    if left:
+        print(f"stopped after {args.stop_after} s: {left} prompts left for the next run")
     return failures
 
 
@@ -220,7 +230,8 @@ def _record_run(
     meta: dict[str, Any],
     out: Path,
     started: datetime,
-    sent: int,
+    pending: int,
+    labelled: int | None,
     failures: list[LabelFailure] | None,
 ) -> None:
     """Write the meta file with this run's entry (`ended_at` null while it runs) and the file's counts."""
@@ -230,7 +241,8 @@ def _record_run(
         "started_at": started.isoformat(),  # to the microsecond: it identifies the run
         "ended_at": None if ended is None else ended.isoformat(timespec="seconds"),
         "elapsed_s": None if ended is None else round((ended - started).total_seconds(), 1),
-        "sent": sent,
+        "pending": pending,
+        "labelled": labelled,
         "failed": None if failures is None else len(failures),
     }
     runs = [entry for entry in meta["runs"] if entry.get("started_at") != run["started_at"]]

@@ -12,6 +12,7 @@ Each result is handed to `on_result` as its request completes, so the caller can
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ class GatewayRun:
     api_key: str | None = None
     observe_benign: bool = True
     progress: bool = False
+    stop_at: float | None = None
+    """A `time.monotonic()` after which no request is started (those in flight finish): a run in pieces."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ async def label_through_gateway(
     on_result: Callable[[LabelledRow | LabelFailure], None] | None = None,
 ) -> tuple[list[LabelledRow], list[LabelFailure]]:
     """Label every prompt through the gateway; rows keep the prompts' order, failures are listed apart.
-    `on_result` sees each row or failure as soon as it is known (in completion order)."""
+    `on_result` sees each row or failure as soon as it is known (in completion order). Prompts not started
+    by `run.stop_at` are in neither list."""
     headers = {"X-Twice-Strategy": "psr", "X-Twice-Rounds": str(run.max_rounds), "X-Twice-Trace": "1"}
     if run.api_key:
         headers["Authorization"] = f"Bearer {run.api_key}"
@@ -98,16 +102,19 @@ async def label_through_gateway(
     bar = tqdm(total=len(sent), desc="psr labels", unit="prompt", disable=not run.progress)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 
-        async def one(prompt: LabelledPrompt) -> LabelledRow | LabelFailure:
+        async def one(prompt: LabelledPrompt) -> LabelledRow | LabelFailure | None:
             result = await attempt(prompt)
-            if on_result is not None:
+            if on_result is not None and result is not None:
                 on_result(result)
             return result
 
-        async def attempt(prompt: LabelledPrompt) -> LabelledRow | LabelFailure:
+        async def attempt(prompt: LabelledPrompt) -> LabelledRow | LabelFailure | None:
             if not (prompt.harmful or run.observe_benign):
                 return label_row(prompt, None, run.max_rounds)
             async with limit:
+                if run.stop_at is not None and time.monotonic() >= run.stop_at:
+                    bar.update()
+                    return None
                 try:
                     response = await _complete(session, run, prompt)
                     return label_row(prompt, first_harmful_round(response, run.max_rounds), run.max_rounds)

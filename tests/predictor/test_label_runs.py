@@ -171,7 +171,7 @@ def test_label_rows_keep_dataset_part_template_and_meta(tmp_path: Path) -> None:
     assert meta["labels_neither_0_nor_max"] == 0
     assert meta["rows"] == 11
     (run,) = meta["runs"]
-    assert run["sent"] == 11
+    assert run["pending"] == run["labelled"] == 11
     assert run["failed"] == 0
     assert run["elapsed_s"] >= 0
     assert "--datasets advbench=3,jailbreak_wei:4" in run["command"]
@@ -203,7 +203,7 @@ def test_rerun_skips_labelled_ids_and_retries_failures(tmp_path: Path) -> None:
     assert rows["custom:flaky"].label_rounds == 6
     assert rows["custom:fires"].label_rounds == 3
     meta = json.loads((tmp_path / "labels.meta.json").read_text())
-    assert [run["sent"] for run in meta["runs"]] == [4, 1, 0]
+    assert [(run["pending"], run["labelled"]) for run in meta["runs"]] == [(4, 3), (1, 1), (0, 0)]
     assert meta["failures"] == []
     assert meta["labels_neither_0_nor_max"] == 1
     assert meta["elapsed_s_total"] == pytest.approx(sum(run["elapsed_s"] for run in meta["runs"]), abs=0.2)
@@ -249,3 +249,18 @@ def test_a_killed_run_keeps_completed_rows_and_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(row.id for row in read_labels(out)) == ["custom:fast", "custom:slow"]
     assert [body["messages"][0]["content"] for body in log.bodies].count("FIRE@2 quick") == 1
+
+
+def test_stop_after_leaves_the_rest_for_the_next_run(tmp_path: Path) -> None:
+    data = _custom_dataset(tmp_path / "custom.jsonl", {key: f"SLEEP@1 {key}" for key in "abc"})
+    out = tmp_path / "labels.jsonl"
+    with running_fake_gateway() as (base_url, log):
+        piece = _run([*_label_command(base_url, out, str(data)), "--concurrency", "1", "--stop-after", "0.5"])
+        assert piece.returncode == 0, piece.stderr
+        assert "2 prompts left" in piece.stdout
+        assert len(read_labels(out)) == len(log.bodies) == 1
+        rest = _run(_label_command(base_url, out, str(data)))
+    assert rest.returncode == 0, rest.stderr
+    assert len(read_labels(out)) == len(log.bodies) == 3
+    meta = json.loads((tmp_path / "labels.meta.json").read_text())
+    assert [(run["pending"], run["labelled"]) for run in meta["runs"]] == [(3, 1), (2, 2)]
