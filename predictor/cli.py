@@ -8,21 +8,37 @@ import dataclasses
 import json
 import shlex
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from predictor.card import ModelCard
-from predictor.datasets import DEFAULT_DATA_DIR, data_hashes, load_prompts
-from predictor.errors import PredictorError
-from predictor.gateway_labels import GatewayRun, dataset_row, label_through_gateway
+from predictor.datasets import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_LABEL_DATASETS,
+    LabelledPrompt,
+    evaluation_data_hashes,
+    load_evaluation_prompts,
+    parse_dataset_specs,
+    row_part,
+)
+from predictor.errors import LabelsError, PredictorError
+from predictor.gateway_labels import (
+    GatewayRun,
+    LabelFailure,
+    dataset_row,
+    label_through_gateway,
+)
 from predictor.labels import (
     DATASET_DERIVED,
     EVAL_ONLY_SOURCES,
     PSR_OBSERVED,
     LabelledRow,
+    append_label,
     read_labels,
+    resume_labels,
     sha256_file,
     write_labels,
 )
@@ -46,10 +62,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     label.add_argument("--base-url", help="Gateway base URL, e.g. http://127.0.0.1:8000.")
     label.add_argument("--model", help="Model name to request.")
+    label.add_argument(
+        "--model-sha256",
+        help="sha256 of the model file the gateway serves, recorded as provenance (`twice models` lists the "
+        "catalogue's; the gateway verifies its file against it).",
+    )
     label.add_argument("--max-rounds", type=int, default=8, help="psr rounds budget N (default 8).")
-    label.add_argument("--out", type=Path, required=True, help="Labels file to write (JSON lines).")
+    label.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="Labels file (JSON lines), appended to: ids already in it are skipped, so rerunning resumes.",
+    )
+    label.add_argument(
+        "--datasets",
+        default=DEFAULT_LABEL_DATASETS,
+        help=f"Evaluation datasets, NAME[=LIMIT] (or NAME:LIMIT) joined by commas "
+        f"(default {DEFAULT_LABEL_DATASETS}).",
+    )
     label.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="Evaluation data folder.")
-    label.add_argument("--limit", type=int, help="At most this many prompts per source and label.")
+    label.add_argument("--limit", type=int, help="Items per dataset when NAME=LIMIT does not say.")
     label.add_argument("--max-tokens", type=int, default=256, help="max_tokens per request (default 256).")
     label.add_argument("--concurrency", type=int, default=4, help="Requests in flight (default 4).")
     label.add_argument("--api-key", help="Bearer key for the gateway, if it needs one.")
@@ -59,6 +91,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="Label benign prompts 0 without sending them (their label does not depend on the run).",
     )
     label.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    label.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="SECONDS",
+        help="Start no request after this long (those in flight finish); rerun to go on.",
+    )
     label.add_argument(
         "--dataset-derived",
         action="store_true",
@@ -84,53 +122,159 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     fit.set_defaults(handler=_train)
 
 
+LABEL_SETTINGS = ("labels", "model", "model_sha256", "max_rounds", "max_tokens", "benign_observed")
+"""What every row of one labels file must share: a rerun with other settings is refused, not mixed in."""
+
+
 def _label(args: argparse.Namespace) -> int:
+    started = datetime.now(UTC)
     try:
-        prompts = load_prompts(args.data_dir, args.limit)
-        failures: list[dict[str, str]] = []
-        if args.dataset_derived:
-            rows = [dataset_row(prompt, args.max_rounds) for prompt in prompts]
-            kind = DATASET_DERIVED
-        else:
-            if not args.base_url or not args.model:
-                print("twice predictor label: --base-url and --model are required", file=sys.stderr)
-                return 2
-            run = GatewayRun(
-                base_url=args.base_url,
-                model=args.model,
-                max_rounds=args.max_rounds,
-                max_tokens=args.max_tokens,
-                concurrency=args.concurrency,
-                api_key=args.api_key,
-                observe_benign=not args.skip_benign,
-                progress=not args.no_progress,
-            )
-            rows, failed = asyncio.run(label_through_gateway(prompts, run))
-            failures = [{"id": failure.id, "error": failure.error} for failure in failed]
-            kind = PSR_OBSERVED
-        write_labels(args.out, rows)
-        meta = {
-            "labels": kind,
+        specs = parse_dataset_specs(args.datasets)
+        prompts = load_evaluation_prompts(specs, args.data_dir, args.limit)
+        settings: dict[str, Any] = {
+            "labels": DATASET_DERIVED if args.dataset_derived else PSR_OBSERVED,
             "model": None if args.dataset_derived else args.model,
-            "base_url": None if args.dataset_derived else args.base_url,
+            "model_sha256": None if args.dataset_derived else args.model_sha256,
             "max_rounds": args.max_rounds,
             "max_tokens": None if args.dataset_derived else args.max_tokens,
             "benign_observed": not (args.dataset_derived or args.skip_benign),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": shlex.join(["twice", *sys.argv[1:]]),
-            "data_sha256": data_hashes(args.data_dir),
-            "rows": len(rows),
-            "sources": dict(
-                Counter(f"{row.source}:{'harmful' if row.harmful else 'benign'}" for row in rows)
-            ),
-            "failures": failures,
         }
-        _meta_path(args.out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        hashes = evaluation_data_hashes(specs, args.data_dir)
+        if args.dataset_derived:
+            rows = [dataset_row(prompt, args.max_rounds) for prompt in prompts]
+            write_labels(args.out, rows)
+            meta = _label_meta({}, settings, args, hashes)
+            _record_run(meta, args.out, started, len(rows), labelled=len(rows), failures=[])
+            print(f"wrote {len(rows)} rows to {args.out}")
+            return 0
+        if not args.base_url or not args.model:
+            print("twice predictor label: --base-url and --model are required", file=sys.stderr)
+            return 2
+        done = {row.id for row in resume_labels(args.out)}
+        meta = _label_meta(_read_meta(args.out) if done else {}, settings, args, hashes)
+        pending = [prompt for prompt in prompts if prompt.id not in done]
+        print(f"{len(done)} ids already in {args.out}; labelling {len(pending)} of {len(prompts)}")
+        failures = _label_pending(pending, args, meta, started)
     except PredictorError as error:
         print(f"twice predictor label: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {len(rows)} rows to {args.out} ({len(failures)} failed)")
+    print(f"{args.out}: {len(failures)} failed (run the same command again to retry them)")
     return 1 if failures else 0
+
+
+def _label_pending(
+    pending: list[LabelledPrompt], args: argparse.Namespace, meta: dict[str, Any], started: datetime
+) -> list[LabelFailure]:
+    """Send the pending prompts, appending each row as its request completes; the meta file records the
+    run when it starts and again when it ends (also when interrupted)."""
+    run = GatewayRun(
+        base_url=args.base_url,
+        model=args.model,
+        max_rounds=args.max_rounds,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+        api_key=args.api_key,
+        observe_benign=not args.skip_benign,
+        progress=not args.no_progress,
+        stop_at=None if args.stop_after is None else time.monotonic() + args.stop_after,
+    )
+    failures: list[LabelFailure] = []
+    labelled: list[str] = []
+    _record_run(meta, args.out, started, len(pending), labelled=None, failures=None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a", encoding="utf-8") as out:
+
+        def save(result: LabelledRow | LabelFailure) -> None:
+            if isinstance(result, LabelledRow):
+                append_label(out, result)
+                labelled.append(result.id)
+            else:
+                failures.append(result)
+
+        try:
+            asyncio.run(label_through_gateway(pending, run, on_result=save))
+        finally:
+            _record_run(meta, args.out, started, len(pending), len(labelled), failures)
+    left = len(pending) - len(labelled) - len(failures)
+    if left:
+        print(f"stopped after {args.stop_after} s: {left} prompts left for the next run")
+    return failures
+
+
+def _label_meta(
+    previous: dict[str, Any], settings: dict[str, Any], args: argparse.Namespace, hashes: dict[str, str]
+) -> dict[str, Any]:
+    """The meta of a labels file: its settings, data hashes and runs, carried over from `previous` (the
+    meta of the rows already in it), refused when they were labelled otherwise."""
+    changed = [key for key in LABEL_SETTINGS if key in previous and previous[key] != settings[key]]
+    if "model_sha256" in changed and settings["model_sha256"] is None:
+        # A rerun that does not repeat the hash keeps the one recorded: it names the same model.
+        changed.remove("model_sha256")
+        settings = {**settings, "model_sha256": previous["model_sha256"]}
+    old_hashes: dict[str, str] = previous.get("data_sha256", {})
+    changed += [name for name, digest in hashes.items() if old_hashes.get(name, digest) != digest]
+    if changed:
+        raise LabelsError(
+            f"{args.out} holds labels made with other settings or data ({', '.join(changed)}); "
+            "label into another --out"
+        )
+    return {
+        **settings,
+        "base_url": None if args.dataset_derived else args.base_url,
+        "data_sha256": {**old_hashes, **hashes},
+        "runs": list(previous.get("runs", [])),
+    }
+
+
+def _record_run(
+    meta: dict[str, Any],
+    out: Path,
+    started: datetime,
+    pending: int,
+    labelled: int | None,
+    failures: list[LabelFailure] | None,
+) -> None:
+    """Write the meta file with this run's entry (`ended_at` null while it runs) and the file's counts."""
+    ended = None if failures is None else datetime.now(UTC)
+    run = {
+        "command": shlex.join(["twice", *sys.argv[1:]]),
+        "started_at": started.isoformat(),  # to the microsecond: it identifies the run
+        "ended_at": None if ended is None else ended.isoformat(timespec="seconds"),
+        "elapsed_s": None if ended is None else round((ended - started).total_seconds(), 1),
+        "pending": pending,
+        "labelled": labelled,
+        "failed": None if failures is None else len(failures),
+    }
+    runs = [entry for entry in meta["runs"] if entry.get("started_at") != run["started_at"]]
+    meta["runs"] = [*runs, run]
+    rows = read_labels(out) if out.is_file() and out.stat().st_size else []
+    meta.update(_label_counts(rows, meta["max_rounds"]))
+    # The ids that failed in the latest run; they are not in the file, so the next run retries them.
+    meta["failures"] = [{"id": f.id, "error": f.error} for f in failures or []]
+    meta["command"] = run["command"]
+    meta["created_at"] = meta["runs"][0]["started_at"]
+    meta["elapsed_s_total"] = round(sum(entry.get("elapsed_s") or 0 for entry in meta["runs"]), 1)
+    _meta_path(out).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _label_counts(rows: list[LabelledRow], max_rounds: int) -> dict[str, Any]:
+    return {
+        "rows": len(rows),
+        "sources": dict(
+            sorted(Counter(f"{row.source}:{'harmful' if row.harmful else 'benign'}" for row in rows).items())
+        ),
+        "parts": dict(sorted(Counter(row.part or "unknown" for row in rows).items())),
+        # Issue #19: labels strictly between 0 and the maximum are what makes a round budget learnable.
+        "labels_neither_0_nor_max": sum(0 < row.label_rounds < max_rounds for row in rows),
+    }
+
+
+def _read_meta(out: Path) -> dict[str, Any]:
+    path = _meta_path(out)
+    if not path.is_file():
+        return {}
+    meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return meta
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -149,7 +293,8 @@ def _train(args: argparse.Namespace) -> int:
         predictor = train(rows, options)
         predictor.card = _with_provenance(predictor.card, labels_path, rows)
         card = predictor.save(args.out)
-        written = write_held_out(rows, set(card.training["held_out_ids"]), args.out)
+        never_fitted = {*card.training["held_out_ids"], *card.training.get("heldout_part_ids", ())}
+        written = write_held_out(rows, never_fitted, args.out)
     except PredictorError as error:
         print(f"twice predictor train: {error}", file=sys.stderr)
         return 1
@@ -162,7 +307,8 @@ def _train(args: argparse.Namespace) -> int:
 def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> list[Path]:
     """The prompts no model was fitted on, with text, as `twice eval` datasets in `out/held_out/`: one file
     per source and label (`xstest_benign.jsonl`), so the eval's tables break down the same way. They are the
-    held-out split plus every row of an evaluation-only source."""
+    test side of the dev split, every row of the evaluation's held-out part, and every row of an
+    evaluation-only source; each keeps its `part`, so `twice eval` can tell the two parts apart."""
     groups: dict[str, list[LabelledRow]] = {}
     for row in rows:
         if row.messages is not None and (row.id in held_out or row.source in EVAL_ONLY_SOURCES):
@@ -179,6 +325,7 @@ def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> li
                     "label": "harmful" if row.harmful else "benign",
                     "source": row.source,
                     "label_rounds": row.label_rounds,
+                    "part": row_part(row),
                 },
                 ensure_ascii=False,
             )
@@ -227,7 +374,7 @@ def _meta_path(labels_path: Path) -> Path:
 
 def _print_metrics(metrics: Any, tail_risk: float, out: Path) -> None:
     print(f"tail_risk (calibrated on the training split): {tail_risk}")
-    for split in ("held_out", "eval_only_sources", "train"):
+    for split in ("held_out", "heldout_part", "eval_only_sources", "train"):
         if split not in metrics:
             continue
         values = metrics[split]

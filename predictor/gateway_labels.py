@@ -6,12 +6,14 @@ Request: `POST {base_url}/v1/chat/completions` with `X-Twice-Strategy: psr`, `X-
 harmful prompt (N when no verdict fired) and 0 for a benign prompt, whatever was observed (the observed value
 is kept in the row). With `observe_benign` off, benign prompts take their label 0 without a call: it does
 not depend on the run, and skipping them halves the cost (their observed round is then unknown, None).
+Each result is handed to `on_result` as its request completes, so the caller can save it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,8 @@ class GatewayRun:
     api_key: str | None = None
     observe_benign: bool = True
     progress: bool = False
+    stop_at: float | None = None
+    """A `time.monotonic()` after which no request is started (those in flight finish): a run in pieces."""
 
 
 @dataclass(frozen=True)
@@ -70,24 +74,25 @@ def label_row(prompt: LabelledPrompt, observed: int | None, max_rounds: int) -> 
         label_rounds=label,
         messages=prompt.messages,
         observed_first_harmful_round=observed,
+        part=prompt.part,
+        template=prompt.template,
+        request=prompt.request,
     )
 
 
 def dataset_row(prompt: LabelledPrompt, max_rounds: int) -> LabelledRow:
     """A provisional row from the dataset label alone: harmful gets max_rounds, benign 0."""
-    return LabelledRow(
-        id=prompt.id,
-        source=prompt.source,
-        harmful=prompt.harmful,
-        label_rounds=max_rounds if prompt.harmful else 0,
-        messages=prompt.messages,
-    )
+    return label_row(prompt, None, max_rounds)
 
 
 async def label_through_gateway(
-    prompts: Sequence[LabelledPrompt], run: GatewayRun
+    prompts: Sequence[LabelledPrompt],
+    run: GatewayRun,
+    on_result: Callable[[LabelledRow | LabelFailure], None] | None = None,
 ) -> tuple[list[LabelledRow], list[LabelFailure]]:
-    """Label every prompt through the gateway; rows keep the prompts' order, failures are listed apart."""
+    """Label every prompt through the gateway; rows keep the prompts' order, failures are listed apart.
+    `on_result` sees each row or failure as soon as it is known (in completion order). Prompts not started
+    by `run.stop_at` are in neither list."""
     headers = {"X-Twice-Strategy": "psr", "X-Twice-Rounds": str(run.max_rounds), "X-Twice-Trace": "1"}
     if run.api_key:
         headers["Authorization"] = f"Bearer {run.api_key}"
@@ -97,10 +102,19 @@ async def label_through_gateway(
     bar = tqdm(total=len(sent), desc="psr labels", unit="prompt", disable=not run.progress)
     async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 
-        async def one(prompt: LabelledPrompt) -> LabelledRow | LabelFailure:
+        async def one(prompt: LabelledPrompt) -> LabelledRow | LabelFailure | None:
+            result = await attempt(prompt)
+            if on_result is not None and result is not None:
+                on_result(result)
+            return result
+
+        async def attempt(prompt: LabelledPrompt) -> LabelledRow | LabelFailure | None:
             if not (prompt.harmful or run.observe_benign):
                 return label_row(prompt, None, run.max_rounds)
             async with limit:
+                if run.stop_at is not None and time.monotonic() >= run.stop_at:
+                    bar.update()
+                    return None
                 try:
                     response = await _complete(session, run, prompt)
                     return label_row(prompt, first_harmful_round(response, run.max_rounds), run.max_rounds)

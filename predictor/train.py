@@ -1,4 +1,9 @@
-"""Fit a `RoundPredictor` on labelled rows, hold out a stratified split, and measure what matters.
+"""Fit a `RoundPredictor` on labelled rows, hold out a grouped split, and measure what matters.
+
+Rows of the evaluation's held-out part are never fitted or calibrated on; the dev part is split into train
+and test by groups of near-duplicates (`predictor.grouping` states the rule), and the tail risk is
+calibrated on grouped folds of the train side. `metrics.held_out` is that test side; `metrics.heldout_part`
+is the evaluation's held-out part, whose templates and requests no fitted row shares.
 
 The metrics, on held-out rows:
 - `benign_rounds_saved_pct`: compute saved on benign prompts against always granting max_rounds;
@@ -30,11 +35,13 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
 
 from predictor.card import ModelCard
+from predictor.datasets import row_part
 from predictor.errors import LabelsError
 from predictor.features import FeatureConfig, to_matrix
+from predictor.grouping import NEAR_DUPLICATE_JACCARD, group_split, near_duplicate_groups
 from predictor.labels import EVAL_ONLY_SOURCES, PSR_OBSERVED, LabelledRow
 from predictor.model import LinearParameters, RoundPredictor, decide_rounds
 
@@ -82,18 +89,20 @@ def round_metrics(
 
 def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     """Fit, calibrate and evaluate; the metrics land in the returned predictor's card."""
-    trainable = [row for row in rows if row.source not in EVAL_ONLY_SOURCES and row.censored_at is None]
-    censored = [row for row in rows if row.source not in EVAL_ONLY_SOURCES and row.censored_at is not None]
+    fittable = [row for row in rows if row.source not in EVAL_ONLY_SOURCES]
+    heldout_part = [row for row in fittable if row_part(row) == "heldout" and row.censored_at is None]
+    dev = [row for row in fittable if row_part(row) == "dev"]
+    trainable = [row for row in dev if row.censored_at is None]
+    censored = [row for row in dev if row.censored_at is not None]
     eval_only = [row for row in rows if row.source in EVAL_ONLY_SOURCES and row.censored_at is None]
     labels = np.array([min(row.label_rounds, options.max_rounds) for row in trainable], dtype=np.int64)
     if np.unique(labels).size < 2:
         raise LabelsError("training needs at least two distinct round labels (benign 0 and harmful > 0)")
     keys = _strata(trainable, minimum=max(2, round(1 / min(options.test_size, 1 - options.test_size))))
-    train_idx, test_idx = train_test_split(
-        np.arange(len(trainable)), test_size=options.test_size, random_state=options.seed, stratify=keys
-    )
+    groups = near_duplicate_groups(trainable)
+    train_idx, test_idx = group_split(keys, groups, options.test_size, options.seed)
     matrix = to_matrix([row.vector(options.config) for row in trainable], options.config.n_features)
-    tail_risk = _calibrate(matrix[train_idx], labels[train_idx], keys[train_idx], options)
+    tail_risk = _calibrate(matrix[train_idx], labels[train_idx], keys[train_idx], groups[train_idx], options)
     model = _fit(matrix[train_idx], labels[train_idx], options)
     if censored:
         model = _fit_with_censored(model, matrix[train_idx], labels[train_idx], censored, options)
@@ -111,10 +120,15 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     }
     if eval_only:
         metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
+    if heldout_part:
+        metrics["heldout_part"] = _evaluate(predictor, heldout_part, options)
     metrics["frontier"] = frontier(predictor, [trainable[i] for i in test_idx], options)
     held_out_ids = sorted(trainable[i].id for i in test_idx)
     training = {
         **_training_info(options, len(train_idx), held_out_ids),
+        "heldout_part_ids": sorted(row.id for row in heldout_part),
+        "groups": int(np.unique(groups).size),
+        "largest_group_rows": int(np.bincount(groups).max()),
         "censored_rows": len(censored),
         "parameters_sha256": predictor.parameters.sha256(),
     }
@@ -193,15 +207,20 @@ def _fit_with_censored(
 
 
 def _calibrate(
-    matrix: Any, labels: npt.NDArray[np.int64], keys: npt.NDArray[np.str_], options: TrainOptions
+    matrix: Any,
+    labels: npt.NDArray[np.int64],
+    keys: npt.NDArray[np.str_],
+    groups: npt.NDArray[np.int64],
+    options: TrainOptions,
 ) -> float:
-    """The largest tail risk whose out-of-fold harmful under-provisioning meets the target."""
+    """The largest tail risk whose out-of-fold harmful under-provisioning meets the target; folds keep
+    near-duplicate groups whole, so no prediction is made by a model fitted on a near-copy."""
     classes = np.unique(labels)
     out_of_fold = np.zeros((labels.size, classes.size))
     if min(Counter(keys.tolist()).values()) < options.folds:
         keys = (labels > 0).astype(str)
-    folds = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=options.seed)
-    for fit_idx, predict_idx in folds.split(matrix, keys):
+    folds = StratifiedGroupKFold(n_splits=options.folds, shuffle=True, random_state=options.seed)
+    for fit_idx, predict_idx in folds.split(matrix, keys, groups):
         model = _fit(matrix[fit_idx], labels[fit_idx], options)
         columns = np.searchsorted(classes, model.classes_)
         out_of_fold[np.ix_(predict_idx, columns)] = model.predict_proba(matrix[predict_idx])
@@ -255,6 +274,10 @@ def _training_info(options: TrainOptions, train_rows: int, held_out_ids: list[st
         "held_out_rows": len(held_out_ids),
         "held_out_ids": held_out_ids,
         "stratified_by": "source and harmfulness",
+        "grouped_by": (
+            f"near-duplicate requests (word Jaccard >= {NEAR_DUPLICATE_JACCARD}) and jailbreak templates"
+        ),
+        "fitted_part": "dev (the evaluation's heldout part is never fitted or calibrated on)",
         "target_under_share": options.target_under_share,
         "tail_risk_calibration": f"{options.folds}-fold out-of-fold on the training split",
         "eval_only_sources": sorted(EVAL_ONLY_SOURCES),

@@ -18,12 +18,13 @@ SMALL_OPTIONS = TrainOptions(max_rounds=8, seed=1, test_size=0.3, folds=3)
 
 def small_data_dir(target: Path, rows_per_file: int) -> Path:
     """A data folder with the same files as the shared one, cut to their first lines (header kept)."""
-    for name in SOURCE_FILES.values():
+    for name in [*SOURCE_FILES.values(), "gsm8k/test.jsonl"]:
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         lines = (DEFAULT_DATA_DIR / name).read_text(encoding="utf-8").splitlines(keepends=True)
         keep = rows_per_file + 1 if name.endswith(".csv") else rows_per_file
         destination.write_text("".join(lines[:keep]), encoding="utf-8")
+    shutil.copytree(DEFAULT_DATA_DIR / "jailbreak_dan", target / "jailbreak_dan")
     return target
 
 

@@ -6,7 +6,8 @@ whose `trace` (present only with `X-Twice-Trace: 1`) lists generate and verdict 
 rounds budget from `X-Twice-Rounds`; a verdict turns harmful at the round named by a marker in the user
 text (`FIRE@<round>`), or at round 1 when the text contains "bomb", and never otherwise. A harmful verdict
 ends in a refusal (`finish_reason: "content_filter"`, `twice.refused: true`). `GRANT@<n>` makes it grant
-fewer rounds than asked, and `FAIL500` answers with an error, for the fault paths.
+fewer rounds than asked, and `FAIL500` answers with an error, for the fault paths; `FAILONCE` answers with
+an error the first time a text is seen and normally after, and `SLEEP@<seconds>` answers late.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from aiohttp import web
 
 _FIRE = re.compile(r"FIRE@(\d+)")
 _GRANT = re.compile(r"GRANT@(\d+)")
+_SLEEP = re.compile(r"SLEEP@(\d+)")
 
 
 @dataclass
 class FakeGatewayLog:
     headers: list[dict[str, str]] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    failed_once: set[str] = field(default_factory=set)
 
 
 LOG_KEY = web.AppKey("log", FakeGatewayLog)
@@ -82,8 +85,12 @@ async def _complete(request: web.Request) -> web.Response:
     log.headers.append(dict(request.headers))
     log.bodies.append(body)
     text = " ".join(str(message.get("content", "")) for message in body["messages"])
-    if "FAIL500" in text:
+    if "FAIL500" in text or ("FAILONCE" in text and text not in log.failed_once):
+        log.failed_once.add(text)
         return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+    sleep = _SLEEP.search(text)
+    if sleep:
+        await asyncio.sleep(int(sleep.group(1)))
     asked = int(request.headers.get("X-Twice-Rounds", "0"))
     granted_marker = _GRANT.search(text)
     granted = int(granted_marker.group(1)) if granted_marker else asked

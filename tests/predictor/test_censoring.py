@@ -51,13 +51,16 @@ def first_verdict(prompt: LabelledPrompt) -> int | None:
 
 
 def full_label(prompt: LabelledPrompt) -> LabelledRow:
-    """A row of a label run at the full budget (`twice predictor label`): every label observed."""
+    """A row of a label run at the full budget (`twice predictor label`): every label observed. Its part
+    is `dev`: this loop holds its own prompts out (`prompts`), so the first training fits on the same
+    traffic as the retrainings."""
     return LabelledRow(
         id=prompt.id,
         source=prompt.source,
         harmful=prompt.harmful,
         label_rounds=first_verdict(prompt) or 0,
         messages=prompt.messages,
+        part="dev",
     )
 
 
@@ -147,10 +150,15 @@ def retrained(
     return generations
 
 
+@pytest.fixture(scope="module")
+def censored_loop(prompts: tuple[list[LabelledPrompt], list[LabelledPrompt]]) -> list[Generation]:
+    return retrained(prompts, labels=lambda rows: rows)
+
+
 def test_retraining_on_censored_telemetry_keeps_harmful_prompts_checked(
-    prompts: tuple[list[LabelledPrompt], list[LabelledPrompt]],
+    censored_loop: list[Generation],
 ) -> None:
-    first, *later = retrained(prompts, labels=lambda rows: rows)
+    first, *later = censored_loop
     assert max(g.harmful_under_share for g in later) <= first.harmful_under_share + 0.01, (first, later)
     # ... and not by granting everything the maximum.
     assert max(g.benign_mean_rounds for g in later) <= first.benign_mean_rounds + 1.0, (first, later)
@@ -158,12 +166,16 @@ def test_retraining_on_censored_telemetry_keeps_harmful_prompts_checked(
 
 def test_counting_censored_requests_as_benign_drifts(
     prompts: tuple[list[LabelledPrompt], list[LabelledPrompt]],
+    censored_loop: list[Generation],
 ) -> None:
     """The control, showing the loop can fail: labelled the old way (no verdict in the rounds granted meant
-    benign), retraining gives more harmful prompts too few rounds."""
+    benign), retraining gives more harmful prompts too few rounds than the first predictor, and than the
+    same loop with censoring at the same generations (same traffic and splits: only the labels differ)."""
     first, *later = retrained(prompts, labels=counted_as_benign)
     mean_later = sum(g.harmful_under_share for g in later) / len(later)
-    assert mean_later >= first.harmful_under_share + 0.01, (first, later)
+    mean_censored = sum(g.harmful_under_share for g in censored_loop[1:]) / len(later)
+    assert mean_later > first.harmful_under_share, (first, later)
+    assert mean_later >= mean_censored + 0.01, (censored_loop, later)
 
 
 def test_censored_rows_are_fitted_never_held_out(

@@ -131,6 +131,8 @@ def test_label_command_writes_rows_and_provenance(tmp_path: Path) -> None:
                 str(out),
                 "--data-dir",
                 str(data_dir),
+                "--datasets",
+                "advbench,xstest,mt_bench,vicuna_bench,self_instruct",
                 "--limit",
                 "2",
             ],
@@ -141,8 +143,8 @@ def test_label_command_writes_rows_and_provenance(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, result.stderr
     rows = read_labels(out)
-    # 2 per source and label among the first 3 rows of each file: advbench, xstest (whose first rows are
-    # all safe), mt_bench, vicuna_bench, self-instruct.
+    # 2 of the first 3 rows of each file: advbench, xstest (whose first rows are all safe), mt_bench,
+    # vicuna_bench, self-instruct.
     assert len(rows) == len(log.bodies) == 10
     assert sum(row.harmful for row in rows) == 2
     for row in rows:
@@ -153,11 +155,11 @@ def test_label_command_writes_rows_and_provenance(tmp_path: Path) -> None:
     assert meta["max_rounds"] == 4
     assert meta["labels"] == "psr-observed"
     assert set(meta["data_sha256"]) == {
-        "advbench",
-        "xstest",
-        "mt_bench",
-        "vicuna_bench",
-        "self_instruct_user_oriented",
+        "advbench/harmful_behaviors.csv",
+        "xstest/xstest_prompts.csv",
+        "mt_bench/question.jsonl",
+        "vicuna_bench/question.jsonl",
+        "self_instruct_user_oriented/user_oriented_instructions.jsonl",
     }
     assert meta["failures"] == []
     assert "--limit 2" in meta["command"]
@@ -200,8 +202,10 @@ def test_dataset_derived_labels_need_no_gateway(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     rows = read_labels(out)
-    assert len(rows) == 20
+    # The default datasets, 4 rows of each file: eight datasets (each jailbreak set wraps the 4 requests).
+    assert len(rows) == 32
     assert {(row.harmful, row.label_rounds) for row in rows} == {(True, 5), (False, 0)}
+    assert {row.source for row in rows if row.template} == {"jailbreak_dan", "jailbreak_wei"}
     meta = json.loads((tmp_path / "derived.meta.json").read_text())
     assert meta["labels"] == "dataset-derived, not psr-observed"
     assert meta["model"] is None

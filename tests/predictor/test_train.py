@@ -42,12 +42,13 @@ def test_held_out_benign_prompts_get_fewer_rounds(trained: RoundPredictor) -> No
 
 
 def test_eval_only_sources_are_reported_but_not_trained_on(trained: RoundPredictor) -> None:
-    (source,) = EVAL_ONLY_SOURCES
+    source = "self_instruct_user_oriented"
+    assert source in EVAL_ONLY_SOURCES
     metrics = trained.card.metrics
     assert metrics["eval_only_sources"]["benign"] == 60
     assert f"{source}:benign" not in metrics["held_out"]["by_source"]
     trained_rows = trained.card.training["train_rows"] + trained.card.training["held_out_rows"]
-    assert trained_rows == 60 * 6 - 60
+    assert trained_rows + len(trained.card.training["heldout_part_ids"]) == 60 * 6 - 60
 
 
 def test_training_reproduces_the_same_model(small_rows: list[LabelledRow], tmp_path: Path) -> None:
@@ -127,17 +128,21 @@ def test_cli_train_writes_a_loadable_artifact_and_card(small_labels_file: Path, 
     # The held-out prompts come out as `twice eval` datasets, so the eval runs on exactly that split.
     ids = set(card["training"]["held_out_ids"])
     assert len(ids) == card["training"]["held_out_rows"] == held_out["rows"]
+    # ... and so does the evaluation's held-out part, which nothing was fitted on either.
+    part_ids = set(card["training"]["heldout_part_ids"])
+    assert len(part_ids) == card["metrics"]["heldout_part"]["rows"] > 0
     # One file per source and label; the evaluation-only source comes whole, since nothing fitted on it.
     files = {path.stem: load_jsonl(path) for path in sorted((out / "held_out").glob("*.jsonl"))}
-    eval_only = {f"{source}_benign" for source in EVAL_ONLY_SOURCES}
+    eval_only = {f"{source}_benign" for source in EVAL_ONLY_SOURCES} & files.keys()
     split = [item for name, items in files.items() if name not in eval_only for item in items]
-    assert {item.item_id for item in split} == ids
+    assert {item.item_id for item in split} == ids | part_ids
+    assert {item.item_id for item in split if item.meta["part"] == "heldout"} == part_ids
     for name, items in files.items():
         source, _, label = name.rpartition("_")
         assert {item.label for item in items} == {label}, name
         assert {item.meta["source"] for item in items} == {source}, name
     harmful = [item for name, items in files.items() if name.endswith("_harmful") for item in items]
-    assert len(harmful) == held_out["harmful"]
+    assert len(harmful) == held_out["harmful"] + card["metrics"]["heldout_part"]["harmful"]
     assert sum(len(files[name]) for name in eval_only) == card["metrics"]["eval_only_sources"]["rows"]
 
 
