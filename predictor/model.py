@@ -63,10 +63,6 @@ class LinearParameters:
             intercept=np.asarray(estimator.intercept_, dtype=np.float64),
         )
 
-    @property
-    def n_features(self) -> int:
-        return int(self.coef.shape[1])
-
     def sha256(self) -> str:
         """A digest of what the model computes (classes, coefficients, intercepts as little-endian
         float64), independent of the file that holds them."""
@@ -101,7 +97,7 @@ class LinearParameters:
         if names != sorted(PARAMETER_NAMES):
             raise CardMismatchError(f"{source} holds {names}, not {list(PARAMETER_NAMES)}")
         for name, array in arrays.items():
-            if array.dtype.kind not in "iuf":
+            if array.dtype.kind not in ("iu" if name == "classes" else "iuf"):
                 raise UntrustedArtifactError(f"{source}: {name} has dtype {array.dtype}; refusing to load")
         return cls(
             classes=arrays["classes"].astype(np.int64),

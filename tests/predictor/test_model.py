@@ -200,11 +200,16 @@ def test_pickled_objects_are_refused_even_with_a_matching_hash(
         RoundPredictor.load(artifact_copy)
 
 
-def test_parameters_of_another_shape_are_refused(artifact_copy: Path, trained: RoundPredictor) -> None:
+def test_parameters_of_another_shape_or_kind_are_refused(artifact_copy: Path, trained: RoundPredictor) -> None:
     arrays = _arrays(trained.parameters)
     arrays["intercept"] = np.zeros(3)
     _replace_artifact(artifact_copy, arrays)
     with pytest.raises(CardMismatchError, match="intercepts"):
+        RoundPredictor.load(artifact_copy)
+    arrays = _arrays(trained.parameters)
+    arrays["classes"] = trained.parameters.classes + 0.5  # rounds are whole numbers
+    _replace_artifact(artifact_copy, arrays)
+    with pytest.raises(UntrustedArtifactError, match="classes has dtype float64"):
         RoundPredictor.load(artifact_copy)
     arrays = _arrays(trained.parameters)
     arrays["coef"] = np.full_like(trained.parameters.coef, np.nan)
