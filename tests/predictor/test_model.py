@@ -200,7 +200,9 @@ def test_pickled_objects_are_refused_even_with_a_matching_hash(
         RoundPredictor.load(artifact_copy)
 
 
-def test_parameters_of_another_shape_or_kind_are_refused(artifact_copy: Path, trained: RoundPredictor) -> None:
+def test_parameters_of_another_shape_or_kind_are_refused(
+    artifact_copy: Path, trained: RoundPredictor
+) -> None:
     arrays = _arrays(trained.parameters)
     arrays["intercept"] = np.zeros(3)
     _replace_artifact(artifact_copy, arrays)
