@@ -12,7 +12,7 @@ the one JSON parse of a whole body. A stream's every event is parsed only while 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -43,22 +43,24 @@ async def forward_chat(
     if relayed.events is None:
         if relayed.status == 200:
             account.relayed(read_body(relayed.body))
-        return Response(relayed.body, status_code=relayed.status, headers=_merged(relayed.headers, headers))
-    return StreamingResponse(
-        _relay_events(relayed.events, account),
-        status_code=200,
-        headers=_merged(relayed.headers, {**headers, **SSE_HEADERS}),
-        media_type="text/event-stream",
-    )
+        response = Response(relayed.body, status_code=relayed.status, headers=headers)
+    else:
+        response = StreamingResponse(
+            _relay_events(relayed.events, account),
+            status_code=200,
+            headers={**headers, **SSE_HEADERS},  # the Content-Type is vLLM's (an event stream's)
+        )
+    _add_relayed(response, relayed.headers)
+    return response
 
 
-def _merged(relayed: Mapping[str, str], own: dict[str, str]) -> dict[str, str]:
-    """vLLM's headers less those the gateway sets itself, whatever their case (vLLM's lower-case copy would
-    be sent beside the gateway's), then the gateway's."""
-    mine = {name.lower() for name in own}
-    merged = {name: value for name, value in relayed.items() if name.lower() not in mine}
-    merged.update(own)
-    return merged
+def _add_relayed(response: Response, relayed: Sequence[tuple[str, str]]) -> None:
+    """vLLM's headers, each as often as it was sent, less those the response already has, whatever their
+    case (vLLM's lower-case copy of a header the gateway sets would be sent beside the gateway's)."""
+    own = {name.lower() for name in response.headers}
+    for name, value in relayed:
+        if name.lower() not in own:
+            response.headers.append(name, value)
 
 
 async def _relay_events(events: AsyncGenerator[bytes, None], account: Account) -> AsyncGenerator[bytes, None]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response
 from starlette.types import Message, Scope
@@ -50,7 +51,7 @@ class Answer:
     `reset` (a TCP RST). `before`: `hang` or `reset` instead of any answer."""
 
     status: int = 200
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    headers: MutableMapping[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     body: bytes = b""
     stream: bool = False
     chunks: tuple[bytes, ...] = ()
@@ -379,6 +380,18 @@ async def test_a_header_value_outside_latin_1_is_relayed_as_the_bytes_vllm_sent(
     sent, _ = await forwarded(backend, stream=stream)
     assert sent.status == 200
     assert (b"x-vllm-note", "café €".encode()) in sent.raw_headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_header_vllm_repeats_is_relayed_as_often_as_it_was_sent(
+    backend: VllmBackend, upstream: Upstream, stream: bool
+) -> None:
+    upstream.answer = sse(*STREAM) if stream else Answer(body=completion())
+    upstream.answer.headers = CIMultiDict(upstream.answer.headers)
+    upstream.answer.headers.add("Set-Cookie", "a=1")
+    upstream.answer.headers.add("Set-Cookie", "b=2")
+    sent, _ = await forwarded(backend, stream=stream)
+    assert sent.header("set-cookie") == ["a=1", "b=2"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -3,7 +3,7 @@ or as whole events while they arrive. Nothing of aiohttp is in it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,8 +27,9 @@ _NOT_RELAYED = {
 @dataclass(frozen=True, slots=True)
 class Relayed:
     status: int
-    headers: Mapping[str, str]
-    """vLLM's headers less the hop-by-hop ones and those the gateway's server writes itself."""
+    headers: tuple[tuple[str, str], ...]
+    """vLLM's headers, in order and each as often as sent (two `Set-Cookie` are two), less the hop-by-hop
+    ones and those the gateway's server writes itself."""
     body: bytes = b""
     """The whole answer; empty for a 5xx, whose body is never read (it is not relayed: it may carry upstream
     internals), and for an event stream."""
@@ -41,7 +42,7 @@ async def relayed(response: aiohttp.ClientResponse, *, stream: bool) -> Relayed:
     """What to relay of `response`: its events when a stream was asked for and vLLM answers one, else its
     bytes. The response is released once read (for a stream: once its events end or are closed)."""
     status = response.status
-    headers = {k: _as_sent(v) for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}
+    headers = tuple((k, _as_sent(v)) for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED)
     if status >= 500:
         response.release()
         return Relayed(status, headers)

@@ -91,9 +91,10 @@ async def test_hop_by_hop_headers_are_dropped_and_the_others_kept(
     sent = await direct(served, body)
     assert {"date", "server"} <= set(sent.headers)
     assert {"content-length", "transfer-encoding"} & set(sent.headers)
-    assert not {name.lower() for name in relayed.headers} & NOT_RELAYED
+    assert not {name.lower() for name, _ in relayed.headers} & NOT_RELAYED
     content_type = "text/event-stream" if stream else "application/json"
-    assert relayed.headers["Content-Type"].startswith(content_type)
+    (sent_type,) = [value for name, value in relayed.headers if name.lower() == "content-type"]
+    assert sent_type.startswith(content_type)
 
 
 async def test_a_json_answer_is_read_whole(backend: VllmBackend, served: tuple[str, FaultUpstream]) -> None:
