@@ -16,7 +16,7 @@ from predictor.errors import LabelsError
 from predictor.features import to_matrix
 from predictor.labels import EVAL_ONLY_SOURCES, LabelledRow, read_labels
 from predictor.model import CARD_FILE, RoundPredictor
-from predictor.train import FAMILIES, FAMILY_RULE, choose_family, round_metrics, train
+from predictor.train import FAMILIES, FAMILY_RULE, _fit, choose_family, round_metrics, train
 from tests.predictor.conftest import SMALL_OPTIONS
 
 BEST_OPTIONS = dataclasses.replace(SMALL_OPTIONS, family="best")
@@ -161,6 +161,35 @@ def test_the_choice_reads_no_held_out_label(best: RoundPredictor, small_rows: li
         # The flipped labels did reach the held-out figures, which the choice must not read.
         assert family["held_out"]["mae"] != before["held_out"]["mae"]
         assert family["heldout_part"]["mae"] != before["heldout_part"]["mae"]
+
+
+def test_naive_bayes_weights_count_like_repeated_rows(small_rows: list[LabelledRow]) -> None:
+    # The censored rows' refits (`_fit_with_censored`) pass their expected labels as sample weights.
+    options = dataclasses.replace(SMALL_OPTIONS, family="naive_bayes")
+    matrix = to_matrix([row.vector(options.config) for row in small_rows], options.config.n_features)
+    labels = np.array([8 if row.harmful else 0 for row in small_rows])
+    weights = np.ones(labels.size)
+    weights[:5] = 3.0
+    weighted = _fit(matrix, labels, options, sample_weight=weights)
+    repeated_rows = np.concatenate([np.arange(labels.size), np.repeat(np.arange(5), 2)])
+    repeated = _fit(matrix[repeated_rows], labels[repeated_rows], options)
+    assert np.allclose(weighted.feature_log_prob_, repeated.feature_log_prob_, rtol=0, atol=1e-12)
+    assert np.allclose(weighted.class_log_prior_, repeated.class_log_prior_, rtol=0, atol=1e-12)
+    unweighted = _fit(matrix, labels, options)
+    assert not np.allclose(weighted.feature_log_prob_, unweighted.feature_log_prob_, rtol=0, atol=1e-12)
+
+
+def test_naive_bayes_fits_censored_rows(small_rows: list[LabelledRow]) -> None:
+    options = dataclasses.replace(SMALL_OPTIONS, family="naive_bayes")
+    censored = [
+        dataclasses.replace(row, id=f"censored:{row.id}", part="dev", censored_at=2)
+        for row in small_rows
+        if row.harmful
+    ][:30]
+    plain = train(small_rows, options)
+    with_censored = train(small_rows + censored, options)
+    assert with_censored.card.training["censored_rows"] == 30
+    assert with_censored.card.training["parameters_sha256"] != plain.card.training["parameters_sha256"]
 
 
 def test_one_label_only_is_refused(small_rows: list[LabelledRow]) -> None:
