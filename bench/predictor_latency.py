@@ -5,7 +5,11 @@ from the shared evaluation data (AdvBench, XSTest, MT-bench, vicuna-bench, self-
 questions and long instructions with inputs), for several passes, and prints p50/p99/max in microseconds.
 Target: p99 under 1 ms on the 2-core development machine.
 
-    .venv/bin/python bench/predictor_latency.py [--data-dir ../shared/data] [--per-source 60] [--passes 5]
+    .venv/bin/python bench/predictor_latency.py [--data-dir ../shared/data] [--per-source 60] [--passes 5] \
+        [--artifact DIR]
+
+`--artifact` times another artifact folder (say one trained with `--family naive_bayes`): every family is
+served by the same linear arithmetic, so only the features' cost should differ between artifacts.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--per-source", type=int, default=60, help="prompts per source and label")
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--artifact", type=Path, help="artifact folder (default: the shipped one)")
     args = parser.parse_args()
 
-    predictor = RoundPredictor.default()
+    predictor = RoundPredictor.default() if args.artifact is None else RoundPredictor.load(args.artifact)
+    print(f"artifact: {args.artifact or 'shipped'} ({predictor.card.training.get('model', '?')})")
     prompts = [list(prompt.messages) for prompt in load_prompts(args.data_dir, args.per_source)]
     for messages in prompts[:50]:
         predictor.predict_rounds(messages)

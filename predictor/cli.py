@@ -119,6 +119,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=0.02,
         help="Largest share of harmful prompts allowed fewer rounds than their label (default 0.02).",
     )
+    fit.add_argument(
+        "--family",
+        choices=("logistic", "naive_bayes", "best"),
+        default="best",
+        help="Model family; best fits both and keeps the one with more out-of-fold benign rounds saved on "
+        "the training split (default best; docs/predictor.md, Model families).",
+    )
     fit.set_defaults(handler=_train)
 
 
@@ -289,6 +296,7 @@ def _train(args: argparse.Namespace) -> int:
             test_size=args.test_size,
             target_under_share=args.target_under_share,
             labels=kind,
+            family=args.family,
         )
         predictor = train(rows, options)
         predictor.card = _with_provenance(predictor.card, labels_path, rows)
@@ -299,6 +307,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"twice predictor train: {error}", file=sys.stderr)
         return 1
     _print_metrics(card.metrics, card.tail_risk, args.out)
+    _print_families(card.metrics.get("families", {}), card.training)
     for path in written:
         print(f"wrote {path} (never trained on: `twice eval --dataset {path}`)")
     return 0
@@ -399,3 +408,15 @@ def _print_metrics(metrics: Any, tail_risk: float, out: Path) -> None:
                 f"harmful under-provisioned {point['harmful_under_share']}"
             )
     print(f"wrote the artifact and its card to {out}")
+
+
+def _print_families(families: Any, training: Any) -> None:
+    print(f"family: {training.get('family')} ({training.get('family_rule')})")
+    for name, family in families.items():
+        held_out = family["held_out"]
+        print(
+            f"{name:>18}: tail_risk {family['tail_risk']} | out-of-fold benign rounds saved "
+            f"{family['oof_benign_rounds_saved_pct']}%, harmful under-provisioned "
+            f"{family['oof_harmful_under_share']} | held out (not used to choose): saved "
+            f"{held_out.get('benign_rounds_saved_pct')}%, under {held_out.get('harmful_under_share')}"
+        )

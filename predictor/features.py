@@ -5,6 +5,8 @@ A conversation becomes one sparse vector of `FeatureConfig.n_features` columns, 
 - hashed character 3-5-grams over the whitespace-normalised text (`char_buckets` columns, same),
 - a few cheap signals (`SIGNAL_NAMES`), each scaled by a fixed formula into roughly [0, 1].
 
+Every value is non-negative: the naive Bayes family (`MultinomialNB`, predictor.train) needs it.
+
 This is the hashing trick of scikit-learn's `HashingVectorizer` (fixed width, no vocabulary), computed with
 vectorised numpy instead: the sklearn transform costs about 0.7 µs per character on one document, which
 misses the 1 ms p99 serving budget on long prompts, while this costs a few numpy passes per block.

@@ -1,6 +1,7 @@
 """`RoundPredictor`: how many psr reflection rounds a request gets, from a linear model over its features.
 
-Training fits a scikit-learn `LogisticRegression` over the round classes seen in the labels (for
+Training fits a scikit-learn `LogisticRegression` or `MultinomialNB` (both linear in the features, see
+`LinearParameters`) over the round classes seen in the labels (for
 dataset-derived labels, 0 and max_rounds; for psr-observed labels, every first-firing round). A request gets
 the smallest round count r whose predicted risk of needing more, P(label > r), is at most the card's
 `tail_risk`. Classification with this tail rule, rather than a regression on rounds, makes the costly
@@ -47,7 +48,8 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearParameters:
-    """What a fitted multinomial (or binary) logistic model computes with."""
+    """What a fitted linear classifier computes with: P(class) is the softmax of `X @ coef.T + intercept`
+    (for two classes, the sigmoid of the single row's score)."""
 
     classes: npt.NDArray[np.int64]
     coef: npt.NDArray[np.float64]
@@ -62,6 +64,17 @@ class LinearParameters:
             coef=np.asarray(estimator.coef_, dtype=np.float64),
             intercept=np.asarray(estimator.intercept_, dtype=np.float64),
         )
+
+    @classmethod
+    def of_naive_bayes(cls, estimator: Any) -> LinearParameters:
+        """The parameters of a fitted scikit-learn `MultinomialNB`: its joint log-likelihood
+        `X @ feature_log_prob_.T + class_log_prior_` is linear and `predict_proba` is its softmax. For two
+        classes the single row is the second class's minus the first's, so the sigmoid gives the same."""
+        coef = np.asarray(estimator.feature_log_prob_, dtype=np.float64)
+        intercept = np.asarray(estimator.class_log_prior_, dtype=np.float64)
+        if coef.shape[0] == 2:
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        return cls(classes=np.asarray(estimator.classes_, dtype=np.int64), coef=coef, intercept=intercept)
 
     def sha256(self) -> str:
         """A digest of what the model computes (classes, coefficients, intercepts as little-endian

@@ -15,6 +15,12 @@ largest value whose harmful under-provisioning stays within `target_under_share`
 never seen while fitting or calibrating. Rows of `EVAL_ONLY_SOURCES` are never trained on (the
 self-instruct authors ask that their set be used for evaluation only); they are reported separately.
 
+Model families: `logistic` (`LogisticRegression`) and `naive_bayes` (`MultinomialNB`), both linear in the
+features, so the same numpy serving code runs either (`LinearParameters`). `family="best"` fits and
+calibrates both on the training split and keeps the one `choose_family` prefers from their out-of-fold
+predictions; both families' held-out metrics are reported (`metrics.families`) but take no part in the
+choice.
+
 Censored rows (telemetry of a request whose granted rounds all passed with the rest of its answer unchecked:
 its label is 0 or above r) are fitted, never held out or calibrated on, by expectation-maximisation: each
 counts as every label it may have (0, or r + 1 and above), weighted by the model's own probabilities of those
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.naive_bayes import MultinomialNB
 
 from predictor.card import ModelCard
 from predictor.datasets import row_part
@@ -47,6 +54,16 @@ from predictor.model import LinearParameters, RoundPredictor, decide_rounds
 
 CENSORED_EM_ITERATIONS = 5
 TAIL_RISK_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.001)
+LOGISTIC, NAIVE_BAYES, BEST = "logistic", "naive_bayes", "best"
+FAMILIES = (LOGISTIC, NAIVE_BAYES)
+"""In order of preference on a tie."""
+NAIVE_BAYES_ALPHA = 0.1
+"""Additive (Lidstone) smoothing of `MultinomialNB`: fixed, not tuned on any data."""
+FAMILY_RULE = (
+    "on out-of-fold predictions of the training split, each family at its own calibrated tail_risk: a "
+    "family meeting target_under_share beats one that does not; then the larger benign_rounds_saved_pct; "
+    "ties to logistic"
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,31 @@ class TrainOptions:
     folds: int = 5
     labels: str = PSR_OBSERVED
     config: FeatureConfig = field(default_factory=FeatureConfig)
+    family: str = LOGISTIC
+    """`logistic`, `naive_bayes`, or `best` (both, keeping the one `choose_family` prefers)."""
+
+    def __post_init__(self) -> None:
+        if self.family not in (*FAMILIES, BEST):
+            raise ValueError(f"family {self.family!r} is not one of {[*FAMILIES, BEST]}")
+
+
+@dataclass(frozen=True)
+class TrainingSide:
+    """The training side of the dev split: all that fitting, calibrating and choosing a family read."""
+
+    matrix: Any
+    labels: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.str_]
+    groups: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class FamilyFit:
+    """One family fitted on the training split, with its tail risk and out-of-fold metrics at it."""
+
+    family: str
+    predictor: RoundPredictor
+    out_of_fold: dict[str, Any]
 
 
 def round_metrics(
@@ -102,38 +144,50 @@ def train(rows: Sequence[LabelledRow], options: TrainOptions) -> RoundPredictor:
     groups = near_duplicate_groups(trainable)
     train_idx, test_idx = group_split(keys, groups, options.test_size, options.seed)
     matrix = to_matrix([row.vector(options.config) for row in trainable], options.config.n_features)
-    tail_risk = _calibrate(matrix[train_idx], labels[train_idx], keys[train_idx], groups[train_idx], options)
-    model = _fit(matrix[train_idx], labels[train_idx], options)
-    if censored:
-        model = _fit_with_censored(model, matrix[train_idx], labels[train_idx], censored, options)
-    card = ModelCard(
-        max_rounds=options.max_rounds,
-        classes=tuple(int(value) for value in model.classes_),
-        tail_risk=tail_risk,
-        feature_config=options.config,
-        labels=options.labels,
-    )
-    predictor = RoundPredictor(LinearParameters.of(model), card)
+    side = TrainingSide(matrix[train_idx], labels[train_idx], keys[train_idx], groups[train_idx])
+    families = FAMILIES if options.family == BEST else (options.family,)
+    fits = {family: _fit_family(family, side, censored, options) for family in families}
+    chosen = choose_family({family: fit.out_of_fold for family, fit in fits.items()})
+    predictor = fits[chosen].predictor
+    test_rows = [trainable[i] for i in test_idx]
     metrics: dict[str, Any] = {
-        "held_out": _evaluate(predictor, [trainable[i] for i in test_idx], options),
+        "held_out": _evaluate(predictor, test_rows, options),
         "train": _evaluate(predictor, [trainable[i] for i in train_idx], options),
     }
     if eval_only:
         metrics["eval_only_sources"] = _evaluate(predictor, eval_only, options)
     if heldout_part:
         metrics["heldout_part"] = _evaluate(predictor, heldout_part, options)
-    metrics["frontier"] = frontier(predictor, [trainable[i] for i in test_idx], options)
-    held_out_ids = sorted(trainable[i].id for i in test_idx)
+    metrics["frontier"] = frontier(predictor, test_rows, options)
+    metrics["families"] = {
+        family: _family_report(fit, test_rows, heldout_part, options) for family, fit in fits.items()
+    }
+    held_out_ids = sorted(row.id for row in test_rows)
     training = {
-        **_training_info(options, len(train_idx), held_out_ids),
+        **_training_info(options, chosen, len(train_idx), held_out_ids),
         "heldout_part_ids": sorted(row.id for row in heldout_part),
         "groups": int(np.unique(groups).size),
         "largest_group_rows": int(np.bincount(groups).max()),
         "censored_rows": len(censored),
         "parameters_sha256": predictor.parameters.sha256(),
     }
-    predictor.card = dataclasses.replace(card, metrics=metrics, training=training)
+    predictor.card = dataclasses.replace(predictor.card, metrics=metrics, training=training)
     return predictor
+
+
+def choose_family(out_of_fold: Mapping[str, Mapping[str, Any]]) -> str:
+    """The family to keep, from each family's out-of-fold metrics at its own calibrated tail risk (see
+    `FAMILY_RULE`): one that meets the under-provisioning target beats one that does not (`_calibrate`
+    falls back to its smallest tail risk when none does), then the larger share of benign rounds saved;
+    ties go to the family listed first in `FAMILIES` (logistic)."""
+    candidates = [family for family in FAMILIES if family in out_of_fold]
+    return max(
+        candidates,
+        key=lambda family: (
+            bool(out_of_fold[family]["meets_target"]),
+            float(out_of_fold[family].get("benign_rounds_saved_pct", 0.0)),
+        ),
+    )
 
 
 def frontier(
@@ -161,12 +215,69 @@ def frontier(
     return points
 
 
+def _fit_family(
+    family: str, side: TrainingSide, censored: Sequence[LabelledRow], options: TrainOptions
+) -> FamilyFit:
+    """Calibrate `family` on out-of-fold predictions of the training side, then fit it on all of it."""
+    options = dataclasses.replace(options, family=family)
+    out_of_fold = _out_of_fold(side, options)
+    tail_risk = _calibrate(out_of_fold, side.labels, options)
+    model = _fit(side.matrix, side.labels, options)
+    if censored:
+        model = _fit_with_censored(model, side.matrix, side.labels, censored, options)
+    card = ModelCard(
+        max_rounds=options.max_rounds,
+        classes=tuple(int(value) for value in model.classes_),
+        tail_risk=tail_risk,
+        feature_config=options.config,
+        labels=options.labels,
+    )
+    rounds = decide_rounds(out_of_fold, np.unique(side.labels), tail_risk)
+    # Harmful as the calibration counts it (label above 0), so `meets_target` agrees with `_calibrate`.
+    labels = side.labels.tolist()
+    scores = round_metrics(labels, rounds.tolist(), [label > 0 for label in labels], options.max_rounds)
+    return FamilyFit(
+        family=family,
+        predictor=RoundPredictor(_parameters(model), card),
+        out_of_fold={
+            "tail_risk": tail_risk,
+            "meets_target": _meets_target(rounds, side.labels, options),
+            "benign_rounds_saved_pct": scores.get("benign_rounds_saved_pct", 0.0),
+            "harmful_under_share": scores.get("harmful_under_share", 0.0),
+        },
+    )
+
+
+def _family_report(
+    fit: FamilyFit,
+    test_rows: Sequence[LabelledRow],
+    heldout_part: Sequence[LabelledRow],
+    options: TrainOptions,
+) -> dict[str, Any]:
+    """What the card shows of one family: the out-of-fold figures the choice read, and held-out figures
+    that it did not."""
+    report: dict[str, Any] = {
+        "tail_risk": fit.predictor.tail_risk,
+        **{f"oof_{name}": value for name, value in fit.out_of_fold.items() if name != "tail_risk"},
+        "held_out": _evaluate(fit.predictor, test_rows, options),
+    }
+    if heldout_part:
+        report["heldout_part"] = _evaluate(fit.predictor, heldout_part, options)
+    return report
+
+
 def _fit(
     matrix: Any,
     labels: npt.NDArray[np.int64],
     options: TrainOptions,
     sample_weight: npt.NDArray[np.float64] | None = None,
 ) -> Any:
+    """A fitted estimator of `options.family` (`logistic` or `naive_bayes`)."""
+    if options.family == NAIVE_BAYES:
+        # MultinomialNB refuses negative values; every feature is non-negative (predictor.features).
+        return MultinomialNB(alpha=NAIVE_BAYES_ALPHA).fit(matrix, labels, sample_weight=sample_weight)
+    if options.family != LOGISTIC:
+        raise ValueError(f"cannot fit family {options.family!r}: fit each of {FAMILIES} on its own")
     # liblinear is several times faster on two classes; more classes need lbfgs's multinomial (softmax)
     # model, which is what `RoundPredictor` computes at serving time.
     solver = "liblinear" if np.unique(labels).size == 2 else "lbfgs"
@@ -179,6 +290,12 @@ def _fit(
         random_state=options.seed,
     )
     return model.fit(matrix, labels, sample_weight=sample_weight)
+
+
+def _parameters(model: Any) -> LinearParameters:
+    if isinstance(model, MultinomialNB):
+        return LinearParameters.of_naive_bayes(model)
+    return LinearParameters.of(model)
 
 
 def _fit_with_censored(
@@ -206,30 +323,39 @@ def _fit_with_censored(
     return model
 
 
-def _calibrate(
-    matrix: Any,
-    labels: npt.NDArray[np.int64],
-    keys: npt.NDArray[np.str_],
-    groups: npt.NDArray[np.int64],
-    options: TrainOptions,
-) -> float:
-    """The largest tail risk whose out-of-fold harmful under-provisioning meets the target; folds keep
-    near-duplicate groups whole, so no prediction is made by a model fitted on a near-copy."""
-    classes = np.unique(labels)
-    out_of_fold = np.zeros((labels.size, classes.size))
+def _out_of_fold(side: TrainingSide, options: TrainOptions) -> npt.NDArray[np.float64]:
+    """P(label = class) for every training row from a model fitted without its fold (columns: the sorted
+    labels); folds keep near-duplicate groups whole, so no prediction is made by a model fitted on a
+    near-copy."""
+    classes = np.unique(side.labels)
+    out_of_fold = np.zeros((side.labels.size, classes.size))
+    keys = side.keys
     if min(Counter(keys.tolist()).values()) < options.folds:
-        keys = (labels > 0).astype(str)
+        keys = (side.labels > 0).astype(str)
     folds = StratifiedGroupKFold(n_splits=options.folds, shuffle=True, random_state=options.seed)
-    for fit_idx, predict_idx in folds.split(matrix, keys, groups):
-        model = _fit(matrix[fit_idx], labels[fit_idx], options)
+    for fit_idx, predict_idx in folds.split(side.matrix, keys, side.groups):
+        model = _fit(side.matrix[fit_idx], side.labels[fit_idx], options)
         columns = np.searchsorted(classes, model.classes_)
-        out_of_fold[np.ix_(predict_idx, columns)] = model.predict_proba(matrix[predict_idx])
-    harmful = labels > 0
+        out_of_fold[np.ix_(predict_idx, columns)] = model.predict_proba(side.matrix[predict_idx])
+    return out_of_fold
+
+
+def _calibrate(
+    out_of_fold: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], options: TrainOptions
+) -> float:
+    """The largest tail risk whose out-of-fold harmful under-provisioning meets the target."""
+    classes = np.unique(labels)
     for tail_risk in TAIL_RISK_GRID:
-        rounds = decide_rounds(out_of_fold, classes, tail_risk)
-        if not harmful.any() or (rounds[harmful] < labels[harmful]).mean() <= options.target_under_share:
+        if _meets_target(decide_rounds(out_of_fold, classes, tail_risk), labels, options):
             return tail_risk
     return TAIL_RISK_GRID[-1]
+
+
+def _meets_target(
+    rounds: npt.NDArray[np.int64], labels: npt.NDArray[np.int64], options: TrainOptions
+) -> bool:
+    harmful = labels > 0
+    return not harmful.any() or bool((rounds[harmful] < labels[harmful]).mean() <= options.target_under_share)
 
 
 def _evaluate(
@@ -262,12 +388,18 @@ def _strata(rows: Sequence[LabelledRow], minimum: int) -> npt.NDArray[np.str_]:
     return keys
 
 
-def _training_info(options: TrainOptions, train_rows: int, held_out_ids: list[str]) -> dict[str, Any]:
+def _training_info(
+    options: TrainOptions, family: str, train_rows: int, held_out_ids: list[str]
+) -> dict[str, Any]:
+    estimator = (
+        f"MultinomialNB(alpha={NAIVE_BAYES_ALPHA})"
+        if family == NAIVE_BAYES
+        else f"LogisticRegression(C={options.regularization}, class_weight=balanced)"
+    )
     return {
-        "model": (
-            f"LogisticRegression(C={options.regularization}, class_weight=balanced) "
-            "over hashed n-grams and cheap signals"
-        ),
+        "model": f"{estimator} over hashed n-grams and cheap signals",
+        "family": family,
+        "family_rule": FAMILY_RULE if options.family == BEST else f"fixed by the caller ({family})",
         "seed": options.seed,
         "test_size": options.test_size,
         "train_rows": train_rows,

@@ -59,6 +59,21 @@ def test_blocks_are_sorted_normalised_and_in_range() -> None:
     assert chars.size > words.size > 10
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        PROMPT,
+        [],
+        [{"role": "user", "content": ""}],
+        [{"role": "user", "content": "ÄÖÜ 日本語 ‼ 123 --- ???"}] * 30,
+        [{"role": "developer", "content": "X" * 40_000}],
+    ],
+)
+def test_every_value_is_non_negative(messages: list[dict[str, str]]) -> None:
+    # The naive Bayes family (MultinomialNB) is only defined on non-negative features.
+    assert np.all(extract(messages, CONFIG).values >= 0.0)
+
+
 def test_signals_reflect_the_conversation() -> None:
     signals = extract(PROMPT, CONFIG).values[-len(CONFIG.signals) :]
     named = dict(zip(CONFIG.signals, signals, strict=True))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import MultinomialNB
 
 from predictor.card import ModelCard
 from predictor.errors import (
@@ -100,6 +101,28 @@ def test_multiclass_serving_matches_scikit_learn(small_rows: list[LabelledRow]) 
         position = [0, 4, 8].index(int(chosen))
         assert position == 2 or row[position] <= 0.2
         assert position == 0 or row[position - 1] > 0.2
+
+
+@pytest.mark.parametrize("classes", [(0, 8), (0, 4, 8)])
+def test_naive_bayes_serving_matches_scikit_learn(
+    small_rows: list[LabelledRow], classes: tuple[int, ...]
+) -> None:
+    config = FeatureConfig()
+    matrix = to_matrix([row.vector(config) for row in small_rows], config.n_features)
+    labels = np.array(
+        [
+            classes[1 + index % (len(classes) - 1)] if row.harmful else 0
+            for index, row in enumerate(small_rows)
+        ]
+    )
+    weights = np.linspace(0.5, 1.5, labels.size)
+    model = MultinomialNB(alpha=0.1).fit(matrix, labels, sample_weight=weights)
+    card = ModelCard(max_rounds=8, classes=classes, tail_risk=0.2, feature_config=config, labels="test")
+    predictor = RoundPredictor(LinearParameters.of_naive_bayes(model), card)
+    expected = model.predict_proba(matrix)
+    # Naive Bayes is often near-certain; enough rows are not for the comparison to mean something.
+    assert np.mean((expected[:, -1] > 1e-6) & (expected[:, -1] < 1 - 1e-6)) > 0.2
+    assert np.allclose(predictor.probabilities(matrix), expected, rtol=0, atol=1e-9)
 
 
 def test_round_trip_keeps_predictions(trained: RoundPredictor, saved_dir: Path) -> None:

@@ -13,10 +13,18 @@ import pytest
 
 from evaluation.datasets import load_jsonl
 from predictor.errors import LabelsError
+from predictor.features import to_matrix
 from predictor.labels import EVAL_ONLY_SOURCES, LabelledRow, read_labels
 from predictor.model import CARD_FILE, RoundPredictor
-from predictor.train import round_metrics, train
+from predictor.train import FAMILIES, FAMILY_RULE, _fit, choose_family, round_metrics, train
 from tests.predictor.conftest import SMALL_OPTIONS
+
+BEST_OPTIONS = dataclasses.replace(SMALL_OPTIONS, family="best")
+
+
+@pytest.fixture(scope="module")
+def best(small_rows: list[LabelledRow]) -> RoundPredictor:
+    return train(small_rows, BEST_OPTIONS)
 
 
 def test_round_metrics_arithmetic() -> None:
@@ -74,6 +82,116 @@ def test_tail_risk_is_calibrated_from_the_target(small_rows: list[LabelledRow]) 
     )
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_and_round_trips(
+    small_rows: list[LabelledRow], tmp_path: Path, family: str
+) -> None:
+    predictor = train(small_rows, dataclasses.replace(SMALL_OPTIONS, family=family))
+    assert predictor.card.training["family"] == family
+    assert set(predictor.card.metrics["families"]) == {family}
+    held_out = predictor.card.metrics["held_out"]
+    assert held_out["benign_mean_rounds"] < held_out["harmful_mean_rounds"]
+    # Naive Bayes' intercept is its log prior odds: harmful (label 8) against benign (0) training rows.
+    fitted = predictor.card.metrics["train"]
+    prior_odds = float(np.log(fitted["harmful"] / fitted["benign"]))
+    assert (abs(predictor.parameters.intercept[0] - prior_odds) < 1e-9) == (family == "naive_bayes")
+    predictor.save(tmp_path)
+    loaded = RoundPredictor.load(tmp_path)
+    assert loaded.parameters.sha256() == predictor.card.training["parameters_sha256"]
+    matrix = to_matrix(
+        [row.vector(SMALL_OPTIONS.config) for row in small_rows[:30]], SMALL_OPTIONS.config.n_features
+    )
+    assert np.array_equal(loaded.probabilities(matrix), predictor.probabilities(matrix))
+
+
+def test_best_keeps_the_family_the_rule_prefers(best: RoundPredictor, small_rows: list[LabelledRow]) -> None:
+    families = best.card.metrics["families"]
+    assert set(families) == set(FAMILIES)
+    assert best.card.training["family_rule"] == FAMILY_RULE
+    out_of_fold = {
+        name: {
+            "meets_target": family["oof_meets_target"],
+            "benign_rounds_saved_pct": family["oof_benign_rounds_saved_pct"],
+        }
+        for name, family in families.items()
+    }
+    chosen = best.card.training["family"]
+    assert chosen == choose_family(out_of_fold)
+    assert best.card.tail_risk == families[chosen]["tail_risk"]
+    assert best.card.metrics["held_out"] == families[chosen]["held_out"]
+    alone = train(small_rows, dataclasses.replace(SMALL_OPTIONS, family=chosen))
+    assert alone.card.training["parameters_sha256"] == best.card.training["parameters_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("logistic", "naive_bayes", "chosen"),
+    [
+        ((True, 40.0), (True, 45.0), "naive_bayes"),
+        ((True, 45.0), (True, 40.0), "logistic"),
+        ((True, 40.0), (True, 40.0), "logistic"),
+        ((True, 10.0), (False, 60.0), "logistic"),
+        ((False, 10.0), (True, 5.0), "naive_bayes"),
+        ((False, 10.0), (False, 20.0), "naive_bayes"),
+    ],
+)
+def test_choose_family_rule(
+    logistic: tuple[bool, float], naive_bayes: tuple[bool, float], chosen: str
+) -> None:
+    out_of_fold = {
+        name: {"meets_target": meets, "benign_rounds_saved_pct": saved}
+        for name, (meets, saved) in (("logistic", logistic), ("naive_bayes", naive_bayes))
+    }
+    assert choose_family(out_of_fold) == chosen
+    assert choose_family({"naive_bayes": out_of_fold["naive_bayes"]}) == "naive_bayes"
+
+
+def test_the_choice_reads_no_held_out_label(best: RoundPredictor, small_rows: list[LabelledRow]) -> None:
+    never_fitted = {*best.card.training["held_out_ids"], *best.card.training["heldout_part_ids"]}
+    flipped = [
+        dataclasses.replace(row, label_rounds=0 if row.harmful else 8) if row.id in never_fitted else row
+        for row in small_rows
+    ]
+    again = train(flipped, BEST_OPTIONS)
+    assert again.card.training["family"] == best.card.training["family"]
+    assert again.card.training["parameters_sha256"] == best.card.training["parameters_sha256"]
+    for name, family in again.card.metrics["families"].items():
+        before = best.card.metrics["families"][name]
+        choice_inputs = [key for key in family if key.startswith("oof_")] + ["tail_risk"]
+        assert {key: family[key] for key in choice_inputs} == {key: before[key] for key in choice_inputs}
+        # The flipped labels did reach the held-out figures, which the choice must not read.
+        assert family["held_out"]["mae"] != before["held_out"]["mae"]
+        assert family["heldout_part"]["mae"] != before["heldout_part"]["mae"]
+
+
+def test_naive_bayes_weights_count_like_repeated_rows(small_rows: list[LabelledRow]) -> None:
+    # The censored rows' refits (`_fit_with_censored`) pass their expected labels as sample weights.
+    options = dataclasses.replace(SMALL_OPTIONS, family="naive_bayes")
+    matrix = to_matrix([row.vector(options.config) for row in small_rows], options.config.n_features)
+    labels = np.array([8 if row.harmful else 0 for row in small_rows])
+    weights = np.ones(labels.size)
+    weights[:5] = 3.0
+    weighted = _fit(matrix, labels, options, sample_weight=weights)
+    repeated_rows = np.concatenate([np.arange(labels.size), np.repeat(np.arange(5), 2)])
+    repeated = _fit(matrix[repeated_rows], labels[repeated_rows], options)
+    assert np.allclose(weighted.feature_log_prob_, repeated.feature_log_prob_, rtol=0, atol=1e-12)
+    assert np.allclose(weighted.class_log_prior_, repeated.class_log_prior_, rtol=0, atol=1e-12)
+    unweighted = _fit(matrix, labels, options)
+    assert not np.allclose(weighted.feature_log_prob_, unweighted.feature_log_prob_, rtol=0, atol=1e-12)
+
+
+def test_naive_bayes_fits_censored_rows(small_rows: list[LabelledRow]) -> None:
+    options = dataclasses.replace(SMALL_OPTIONS, family="naive_bayes")
+    censored = [
+        dataclasses.replace(row, id=f"censored:{row.id}", part="dev", censored_at=2)
+        for row in small_rows
+        if row.harmful
+    ][:30]
+    plain = train(small_rows, options)
+    with_censored = train(small_rows + censored, options)
+    assert with_censored.card.training["censored_rows"] == 30
+    assert with_censored.card.training["parameters_sha256"] != plain.card.training["parameters_sha256"]
+
+
 def test_one_label_only_is_refused(small_rows: list[LabelledRow]) -> None:
     harmful_only = [row for row in small_rows if row.harmful]
     with pytest.raises(LabelsError, match="two distinct"):
@@ -122,6 +240,9 @@ def test_cli_train_writes_a_loadable_artifact_and_card(small_labels_file: Path, 
     assert card["classes"] == [0, 6]
     assert card["training"]["seed"] == 3
     assert card["training_data"]["rows"] == len(read_labels(small_labels_file))
+    assert set(card["metrics"]["families"]) == {"logistic", "naive_bayes"}  # the default is best
+    assert card["training"]["family"] in card["metrics"]["families"]
+    assert "out-of-fold benign rounds saved" in result.stdout
     assert card["versions"]["scikit-learn"]
     held_out = card["metrics"]["held_out"]
     assert held_out["benign_mean_rounds"] < held_out["harmful_mean_rounds"]
