@@ -102,10 +102,16 @@ def read_body(body: bytes) -> Answered:
         choices = payload["choices"]
         message = choices[0]["message"]
         content = message.get("content")
-        plain = len(choices) == 1 and isinstance(content, str) and not message.get("tool_calls")
+        finish_reason = choices[0].get("finish_reason")
+        plain = (
+            len(choices) == 1
+            and isinstance(content, str)
+            and not message.get("tool_calls")
+            and isinstance(finish_reason, str | None)
+        )
         return Answered(
             content if isinstance(content, str) else "",
-            choices[0].get("finish_reason"),
+            finish_reason if isinstance(finish_reason, str) else None,
             _usage(payload.get("usage")),
             plain=plain,
         )
@@ -175,5 +181,8 @@ class StreamReader:
                 self._plain = False
             if isinstance(delta.get("content"), str):
                 self._parts.append(delta["content"])
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                self._finish_reason = finish_reason
+            elif finish_reason is not None:
+                self._plain = False  # a finish reason no client expects: relayed, never kept

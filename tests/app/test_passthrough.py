@@ -461,8 +461,9 @@ async def test_a_stream_not_asked_for_is_relayed_whole_and_never_kept(
         (completion(None, tool_calls=[{"id": "c", "type": "function", "function": {"name": "f"}}]), False),
         (b'{"id": "x", "choices": [{"mess', None),
         (b"[]", None),
+        (completion().replace(b'"finish_reason": "stop"', b'"finish_reason": 1'), False),
     ],
-    ids=["tool-calls", "cut-json", "not-an-object"],
+    ids=["tool-calls", "cut-json", "not-an-object", "finish-reason-not-a-string"],
 )
 async def test_a_json_answer_that_is_not_one_plain_text_is_relayed_but_not_kept_as_one(
     backend: VllmBackend, upstream: Upstream, body: bytes, plain: bool | None
@@ -532,8 +533,9 @@ async def test_usage_is_read_from_the_relayed_events_when_the_text_is_not_wanted
         (chunk("a"), chunk("b", index=1), chunk(finish="stop"), USAGE_EVENT, DONE),
         (chunk(tool_calls=[{"index": 0, "id": "c", "function": {"name": "f"}}]), USAGE_EVENT, DONE),
         (chunk("a"), event({"error": {"message": "vLLM failed mid-way", "code": 500}}), DONE),
+        (chunk("a"), event({"choices": [{"index": 0, "delta": {}, "finish_reason": {"x": 1}}]}), DONE),
     ],
-    ids=["two-choices", "tool-calls", "error-event"],
+    ids=["two-choices", "tool-calls", "error-event", "finish-reason-not-a-string"],
 )
 async def test_a_stream_that_is_not_one_plain_text_is_relayed_whole_but_never_kept(
     backend: VllmBackend, upstream: Upstream, events: tuple[bytes, ...]
