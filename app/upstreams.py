@@ -222,7 +222,7 @@ class UpstreamPool:
     def call_failed(self, upstream: Upstream) -> bool:
         """A real call could not connect: take the upstream out now rather than after the next checks.
         Whether it was in the pool until now (so the call's next attempt goes elsewhere)."""
-        if not (self.checking and upstream.healthy and upstream.url in self._members):
+        if not (self.checking and upstream.healthy and self._holds(upstream)):
             return False
         upstream.successes = 0
         upstream.failures = max(upstream.failures, self._settings.unhealthy_after)
@@ -239,6 +239,11 @@ class UpstreamPool:
 
     # --- health and discovery ----------------------------------------------------------------------------
 
+    def _holds(self, member: Upstream) -> bool:
+        """Whether `member` is the pool's own: an address that DNS dropped and found again is a new member,
+        and a call that picked the old one must not change the new one's state or metrics."""
+        return self._members.get(member.url) is member
+
     def _set(self, member: Upstream, *, healthy: bool) -> None:
         changed = member.healthy != healthy
         member.healthy = healthy
@@ -254,8 +259,8 @@ class UpstreamPool:
 
     async def _probe(self, check: HealthCheck, member: Upstream) -> None:
         ok = await check(member.url)
-        if member.url not in self._members:
-            return  # DNS dropped it while the check was out
+        if not self._holds(member):
+            return  # DNS dropped it (or dropped and found it again, a new member) while the check was out
         if ok:
             member.successes += 1
             member.failures = 0

@@ -301,6 +301,33 @@ def test_a_failed_call_to_an_upstream_the_pool_does_not_hold_changes_nothing() -
     assert metrics.changes(stranger.url, "down") == 0
 
 
+async def test_a_failed_call_to_an_upstream_dns_dropped_and_found_again_changes_nothing() -> None:
+    """A call that picked an upstream before DNS dropped its address and found it again holds the old member:
+    its failure must not take out (nor report down) the new member, which has health checks of its own."""
+    dns = ScriptedDns(["10.0.0.1"])
+    target = "vllm-headless.test:8000"
+    chosen = VllmSettings(upstreams_dns=target, dns_refresh_s=0.02, healthy_after=1, **FAST)
+    pool = UpstreamPool(chosen, resolver=dns)
+    metrics = Metrics()
+    pool.observe(metrics)
+
+    async def always_up(url: str) -> bool:
+        return True
+
+    async with started(pool, chosen, check=lambda transport: always_up):
+        old = pool.pick(None)
+        dns.answer = ["10.0.0.2"]
+        await until(lambda: old.url not in pool.urls)
+        dns.answer = ["10.0.0.2", "10.0.0.1"]
+        await until(lambda: pool.healthy_count() == 2)
+        new = members(pool)[old.url]
+        assert new is not old
+        assert not pool.call_failed(old)
+        assert new.healthy
+        assert metrics.changes(old.url, "down") == 0
+        assert metrics.gauge(old.url) == 1
+
+
 async def test_a_check_that_raises_does_not_stop_the_checking() -> None:
     health = Health()
     async with health_server(health) as url:
