@@ -79,9 +79,8 @@ async def resume_experiment(name: str, services: ServicesDep) -> ExperimentRecor
 @router.delete("/experiments/{name}", response_model=Deleted)
 async def delete_experiment(name: str, services: ServicesDep) -> Deleted:
     """Deletes the definition and its results; its history and version numbers are kept."""
-    current = await services.experiments.read(name)
     version = await services.experiments.delete(name)
-    await services.results.forget(current)
+    await services.results.forget(name)
     return Deleted(name=name, version=version)
 
 

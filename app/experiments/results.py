@@ -116,10 +116,19 @@ class Results:
             raise Conflict("Feedback for this request was given already.", param="request_id")
         return Attribution(experiment=str(found[1]), variant=str(found[2]))
 
-    async def forget(self, experiment: Experiment) -> None:
-        keys = [self._stats_key(experiment.name, v.name) for v in experiment.spec.variants]
+    async def forget(self, name: str) -> None:
+        """Every variant's counters of experiment `name`, found by key pattern rather than from its
+        definition, so that one this gateway cannot read is forgotten too (a name created again starts from
+        nothing)."""
+        pattern = _glob_literal(self._stats_key(name, "")) + "*"
+
+        async def delete(r: Any) -> None:
+            keys = [key async for key in r.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await r.delete(*keys)
+
         with contextlib.suppress(StoreUnavailable):
-            await self._store.run(lambda r: r.delete(*keys))
+            await self._store.run(delete)
 
     async def summary(self, experiment: Experiment) -> dict[str, Any]:
         """Per-variant counts and means, and each variant's feedback against the control (Welch, 95%)."""
@@ -200,3 +209,8 @@ def _variant_summary(row: dict[str, str], feedback: Sample) -> dict[str, Any]:
             "stddev": variance**0.5 if variance is not None else None,
         },
     }
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a Redis glob that matches only itself."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)

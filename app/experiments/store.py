@@ -58,12 +58,19 @@ def load_seed_file(path: Path) -> list[ExperimentSpec]:
     return _SEED_FILE.validate_json(path.read_bytes())
 
 
+class UnreadableDefinition(Conflict):
+    """A definition in Redis this gateway cannot parse: the server's data, not the request, is at fault, and
+    replacing or deleting it is the way out."""
+
+
 class ExperimentStore:
     _messages: ClassVar[dict[str, str]] = {
         "exists": "An experiment named {name!r} exists already (version {version}).",
         "missing": "There is no experiment named {name!r}.",
         "full": "There are {limit} experiments already; delete one first.",
         "conflict": "Experiment {name!r} changed meanwhile (now version {version}); read it and try again.",
+        "unreadable": "The stored definition of {name!r} is not one this gateway can read ({problems} "
+        "problems; written by another version?): replace it (PUT) or delete it.",
     }
 
     def __init__(self, store: RedisStore, settings: ExperimentSettings, plan: PlanSettings) -> None:
@@ -176,7 +183,12 @@ class ExperimentStore:
         raw, version = await self._guarded(read)
         if raw is None:
             raise NotFound(self._messages["missing"].format(name=name), param="name")
-        return Experiment(ExperimentSpec.model_validate_json(raw), int(version or 0))
+        try:
+            return Experiment(ExperimentSpec.model_validate_json(raw), int(version or 0))
+        except ValidationError as exc:
+            raise UnreadableDefinition(
+                self._messages["unreadable"].format(name=name, problems=exc.error_count()), param="name"
+            ) from None
 
     async def history(self, name: str) -> list[dict[str, Any]]:
         entries: dict[str, str] = await self._guarded(lambda r: r.hgetall(self._key("history", name)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -154,6 +155,27 @@ def test_admin_changes_reach_the_other_replica_within_seconds(
     deleted = admin("DELETE", first, "/experiments/split")
     assert deleted.json() == {"name": "split", "version": 4, "deleted": True}
     eventually(lambda: chat(second, headers={"X-Twice-Experiment": "split"}).status_code == 400, timeout=5)
+
+
+def test_a_definition_the_gateway_cannot_read_is_a_409_and_can_still_be_deleted(
+    gateways: tuple[str, str], store: redis.Redis
+) -> None:
+    first, second = gateways
+    assert admin("POST", first, "/experiments", SPLIT).status_code == 201
+    chat(first, headers={"X-Twice-Experiment": "split", "X-Twice-Subject": "s1"})
+    stats = [key for key in store.keys("*exp:stats:split:*")]
+    assert stats
+    # What a newer gateway might have written: a field this one does not know.
+    (defs,) = store.keys("*exp:defs")
+    store.hset(defs, "split", json.dumps({**SPLIT, "owner": "team-b"}))
+    for base in (first, second):
+        for method, path in (("GET", "/experiments/split"), ("PATCH", "/experiments/split")):
+            answer = admin(method, base, path, {"paused": True} if method == "PATCH" else None)
+            assert answer.status_code == 409, answer.text
+            assert "replace it (PUT) or delete it" in answer.json()["error"]["message"]
+    deleted = admin("DELETE", second, "/experiments/split")
+    assert deleted.status_code == 200, deleted.text
+    assert not store.exists(*stats)  # a name created again starts its results from nothing
 
 
 def test_admin_api_needs_the_admin_key(gateways: tuple[str, str], store: redis.Redis) -> None:

@@ -158,9 +158,11 @@ async def test_a_variant_without_requests_or_feedback_has_no_means(kept: Kept) -
 
 async def test_forgetting_an_experiment_removes_its_counters_not_its_attributions(kept: Kept) -> None:
     await kept.served("r1", TREATED)
-    await kept.results.forget(EXPERIMENT)
+    await kept.served("o1", Attribution("exp.b", "treated"))  # another experiment, a name `exp` begins
+    await kept.results.forget(EXPERIMENT.name)
     assert kept.stats("treated") == {}
     assert kept.redis.exists(f"{kept.prefix}exp:req:r1")
+    assert kept.redis.hget(f"{kept.prefix}exp:stats:exp.b:treated", "requests") == "1"
 
 
 async def test_while_redis_is_down_outcomes_are_skipped_and_feedback_and_results_are_503() -> None:
@@ -172,7 +174,7 @@ async def test_while_redis_is_down_outcomes_are_skipped_and_feedback_and_results
             await down.results.feedback("r1", 1.0, "key-1")
         with pytest.raises(RedisUnavailable):
             await down.results.summary(EXPERIMENT)
-        await down.results.forget(EXPERIMENT)
+        await down.results.forget(EXPERIMENT.name)
     finally:
         await down.close()
 

@@ -266,6 +266,19 @@ async def test_definitions_are_reloaded_only_when_the_version_moves_and_invalid_
     assert "experiment broken in redis is not valid; ignored" in caplog.text
 
 
+async def test_reading_a_stored_definition_this_gateway_cannot_parse_is_a_conflict_naming_the_way_out(
+    stored: Stored,
+) -> None:
+    """Another version of the gateway may have written it: the server's data, not the request, is at fault
+    (it was a 400), and replacing or deleting it still works."""
+    stored.redis.hset(stored.key("defs"), "newer", '{"name": "newer", "variants": [{"name": "a", "x": 1}]}')
+    stored.redis.hset(stored.key("seq"), "newer", 1)
+    with pytest.raises(Conflict, match=r"'newer' is not one this gateway can read .*replace it \(PUT\)"):
+        await stored.experiments.read("newer")
+    assert (await stored.experiments.replace(spec("newer"))).version == 2
+    assert (await stored.experiments.read("newer")).spec == spec("newer")
+
+
 # --- the seed file -----------------------------------------------------------------------------------------
 
 
