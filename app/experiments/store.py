@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -81,7 +82,8 @@ class ExperimentStore:
         for spec in self._seeds:
             spec.check_rounds(plan)
         self._experiments: dict[str, Experiment] = {s.name: Experiment(s, 0) for s in self._seeds}
-        self._seen_version: str | None = None
+        self._seen: tuple[str | None, str | None] = (None, None)
+        """(version, epoch) of the definitions this replica holds (see `_state`)."""
         self._seeded = False
         self._poller: asyncio.Task[None] | None = None
         self._write = store.client.register_script(_WRITE) if store.client is not None else None
@@ -114,37 +116,45 @@ class ExperimentStore:
                 log.exception("reading experiments from redis failed")
 
     async def refresh(self) -> None:
-        """Reload the definitions when their version moved; seed Redis when it has never been seeded."""
-        version = await self._version()
-        if version is None or not self._seeded:
+        """Reload the definitions when their version or epoch moved; seed Redis when it has no epoch (never
+        seeded, or emptied since)."""
+        state = await self._state()
+        if state[1] is None or not self._seeded:
             await self._seed()
-            version = await self._version()
-        if version != self._seen_version:
-            await self._reload(version)
+            state = await self._state()
+        if state != self._seen:
+            await self._reload()
 
-    async def _version(self) -> str | None:
-        value = await self._store.run(lambda r: r.get(self._key("version")))
-        return None if value is None else str(value)
+    async def _state(self) -> tuple[str | None, str | None]:
+        """The definitions' version counter and the epoch of the Redis data holding them. A Redis emptied
+        (restarted without persistence) counts versions from 1 again, so the counter alone could come back
+        to a value this replica has seen with other definitions behind it; the epoch, a random token set
+        once per emptied store, tells the two apart."""
+        version, epoch = await self._store.run(lambda r: r.mget(self._key("version"), self._key("epoch")))
+        return _text(version), _text(epoch)
 
     async def refresh_quietly(self) -> None:
         with contextlib.suppress(StoreUnavailable):
             await self.refresh()
 
     async def _seed(self) -> None:
+        epoch = secrets.token_hex(8)
+        await self._store.run(lambda r: r.set(self._key("epoch"), epoch, nx=True))
         for spec in self._seeds:
             status, _ = await self._run_write(spec.name, "seed", spec)
             if status == "ok":
                 log.info("seeded experiment %s", spec.name)
         self._seeded = True
 
-    async def _reload(self, version: str | None) -> None:
+    async def _reload(self) -> None:
         async def read(r: Any) -> list[Any]:
             async with r.pipeline(transaction=True) as pipe:
-                pipe.get(self._key("version")).hgetall(self._key("defs")).hgetall(self._key("seq"))
+                pipe.mget(self._key("version"), self._key("epoch"))
+                pipe.hgetall(self._key("defs")).hgetall(self._key("seq"))
                 result: list[Any] = await pipe.execute()
                 return result
 
-        seen, definitions, versions = await self._store.run(read)
+        (version, epoch), definitions, versions = await self._store.run(read)
         experiments: dict[str, Experiment] = {}
         for name, raw in definitions.items():
             try:
@@ -154,7 +164,7 @@ class ExperimentStore:
                 continue
             experiments[name] = Experiment(spec, int(versions.get(name, 0)))
         self._experiments = experiments
-        self._seen_version = seen if seen is not None else version
+        self._seen = (_text(version), _text(epoch))
 
     # --- admin changes -------------------------------------------------------------------------------
 
@@ -249,7 +259,11 @@ class ExperimentStore:
 
     async def _reload_quietly(self) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self._reload(None)
+            await self._reload()
 
     def _key(self, *parts: str) -> str:
         return self._store.key("exp", *parts)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

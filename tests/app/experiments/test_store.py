@@ -234,6 +234,28 @@ async def test_another_replicas_change_is_seen_once_the_version_is_polled(stored
         await other.close()
 
 
+@pytest.mark.parametrize("seeded_by", ["the other replica", "this replica"])
+async def test_an_emptied_redis_whose_version_comes_back_to_a_seen_value_is_reloaded(
+    stored: Stored, seeded_by: str
+) -> None:
+    """Redis restarted without persistence counts versions from 1 again: a replica that compared the
+    counter alone kept serving definitions that no longer exist."""
+    other = Stored(stored.prefix)
+    try:
+        await stored.experiments.create(spec("gone"))
+        await stored.experiments.refresh()
+        assert stored.versions() == {"gone": 1}
+        stored.redis.delete(*stored.redis.keys(f"{stored.prefix}*"))  # the restart: nothing kept
+        if seeded_by == "the other replica":
+            await other.experiments.refresh()
+        await other.experiments.create(spec("new"))
+        assert stored.redis.get(stored.key("version")) == "1"  # the value this replica saw
+        await stored.experiments.refresh()
+        assert stored.versions() == {"new": 1}
+    finally:
+        await other.close()
+
+
 async def test_the_poller_started_with_the_store_picks_changes_up() -> None:
     polling = Stored(poll_interval_s=0.05)
     writer = Stored(polling.prefix)
@@ -254,6 +276,7 @@ async def test_definitions_are_reloaded_only_when_the_version_moves_and_invalid_
     stored: Stored, caplog: pytest.LogCaptureFixture
 ) -> None:
     await stored.experiments.create(spec("good"))
+    await stored.experiments.refresh()  # the first refresh gives the data its epoch, and reloads
     # Written behind the store's back without bumping the version: the copy stays as it was.
     stored.redis.hset(stored.key("defs"), "broken", '{"name": "broken"}')
     stored.redis.hset(stored.key("defs"), "added", spec("added").model_dump_json())
