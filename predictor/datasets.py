@@ -58,6 +58,7 @@ DATASET_FILES: dict[str, tuple[str, ...]] = {
     "self_instruct": ("self_instruct_user_oriented/user_oriented_instructions.jsonl",),
     "gsm8k": ("gsm8k/test.jsonl",),
     "jailbreak_dan": ("advbench/harmful_behaviors.csv", "jailbreak_dan/*.json"),
+    "jailbreak_dan_turns": ("advbench/harmful_behaviors.csv", "jailbreak_dan/*.json"),
     "jailbreak_wei": ("advbench/harmful_behaviors.csv", "jailbreak_wei/families.json"),
 }
 """The files (globs) each evaluation dataset reads under the data folder, for the label run's data hashes."""

@@ -29,6 +29,7 @@ def test_every_shipped_set_loads_with_unique_ids() -> None:
         "self_instruct": 10,
         "gsm8k": 20,
         "jailbreak_dan": 20,
+        "jailbreak_dan_turns": 20,
         "jailbreak_wei": 20,
     }
     for name, loader in LOADERS.items():

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from evaluation.datasets import SHIPPED_DATA_DIR, Item, in_split, load_advbench
-from evaluation.jailbreaks import dan_templates, wei_templates
+from evaluation.jailbreaks import PERSONA_ACCEPTED, dan_templates, wei_templates
 from evaluation.registry import LOADERS, DatasetSpec
 from evaluation.runner import EvalConfig, select_items
 from evaluation.splits import part_of, parts_by_rank
@@ -61,6 +61,27 @@ def test_templates_and_requests_never_cross_the_split(name: str, templates: int,
     assert len(ranks) == templates
     assert sum(part == "heldout" for part in ranks.values()) == held_out
     assert {item.split for item in items} == {"dev", "heldout"}
+
+
+def test_the_dan_set_in_turns_sends_the_request_after_the_persona_is_accepted() -> None:
+    """The same items as `jailbreak_dan` (pairs, parts, held-out templates), as three turns."""
+    one_message = {item.item_id: item for item in items_of("jailbreak_dan")}
+    in_turns = items_of("jailbreak_dan_turns")
+    assert sorted(item.item_id for item in in_turns) == sorted(one_message)
+    for item in in_turns:
+        single = one_message[item.item_id]
+        assert (item.split, item.meta["template"], item.request) == (
+            single.split,
+            single.meta["template"],
+            single.request,
+        )
+        template, accepted, request = item.messages
+        assert (template.role, accepted.role, request.role) == ("user", "assistant", "user")
+        assert accepted.content == PERSONA_ACCEPTED
+        assert request.content == item.prompt_text == item.request
+        assert item.request not in template.content
+        assert "INSERT PROMPT HERE" not in template.content
+        assert len(template.content) > 200
 
 
 def test_every_wei_family_is_used() -> None:
