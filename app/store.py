@@ -112,15 +112,29 @@ class RedisStore:
             await asyncio.sleep(delay)
             try:
                 async with asyncio.timeout(self._settings.call_deadline_s):
-                    await self.client.ping()
+                    writable = await _takes_writes(self.client)
             except (RedisError, OSError, TimeoutError):
                 self._metrics.redis_errors.inc()
+                writable = False
+            if not writable:
                 delay = min(delay * 2, self._settings.max_backoff_s)
                 continue
             self._up = True
             self._metrics.redis_up.set(1)
             log.warning("redis answers again")
             return
+
+
+async def _takes_writes(client: aioredis.Redis) -> bool:
+    """Whether Redis answers and is a master: a read-only replica answers PING too, and counting it up would
+    mark it down again at the next write, a down/up cycle for as long as a fail-over lasts."""
+    await client.ping()
+    try:
+        role = await client.execute_command("ROLE")
+    except ResponseError:  # ROLE not allowed (an ACL, a managed service): PING is all there is to know
+        return True
+    first = role[0]
+    return bool((first.decode() if isinstance(first, bytes) else first) == "master")
 
 
 def _is_reply_error(exc: BaseException) -> bool:

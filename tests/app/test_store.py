@@ -7,6 +7,7 @@ one-try policy would then rest on redis-py's conversion).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ async def test_a_replica_that_refuses_writes_is_unavailable_not_an_error(tmp_pat
         replica.replicaof("127.0.0.1", free_port())  # a master that is not there: the replica stays read-only
         replica.close()
         store = RedisStore(
-            RedisSettings(url=SecretStr(f"redis://127.0.0.1:{server.port}/0")),
+            RedisSettings(url=SecretStr(f"redis://127.0.0.1:{server.port}/0"), max_backoff_s=0.2),
             GatewayMetrics(CollectorRegistry()),
         )
         try:
@@ -68,6 +69,19 @@ async def test_a_replica_that_refuses_writes_is_unavailable_not_an_error(tmp_pat
             assert await store.run(lambda client: client.get("anything")) is None
             with pytest.raises(StoreUnavailable):
                 await store.run(lambda client: client.set("anything", "1"))
+            # Still a replica: the reconnect probe must not count it up (it answers PING), or every write
+            # would mark it down again, a down/up cycle for as long as the fail-over lasts.
+            await asyncio.sleep(1.0)
+            assert store.state == "degraded"
+            promoted = redis.Redis(port=server.port)
+            promoted.replicaof("NO", "ONE")
+            promoted.close()
+            for _ in range(50):
+                if store.state == "ok":
+                    break
+                await asyncio.sleep(0.1)
+            assert store.state == "ok"
+            await store.run(lambda client: client.set("anything", "1"))
         finally:
             await store.close()
     finally:
