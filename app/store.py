@@ -130,7 +130,7 @@ async def _takes_writes(client: aioredis.Redis) -> bool:
     mark it down again at the next write, a down/up cycle for as long as a fail-over lasts."""
     await client.ping()
     try:
-        role = await client.execute_command("ROLE")
+        role = await client.role()
     except ResponseError:  # ROLE not allowed (an ACL, a managed service): PING is all there is to know
         return True
     first = role[0]
