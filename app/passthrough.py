@@ -57,10 +57,11 @@ async def forward_chat(
 def _add_relayed(response: Response, relayed: Sequence[tuple[str, str]]) -> None:
     """vLLM's headers, each as often as it was sent, less those the response already has, whatever their
     case (vLLM's lower-case copy of a header the gateway sets would be sent beside the gateway's)."""
-    own = {name.lower() for name in response.headers}
+    own = {name for name, _ in response.raw_headers}  # Starlette keeps names lower-case, latin-1
     for name, value in relayed:
-        if name.lower() not in own:
-            response.headers.append(name, value)
+        key = name.lower().encode("latin-1")
+        if key not in own:
+            response.raw_headers.append((key, value.encode("latin-1")))
 
 
 async def _relay_events(events: AsyncGenerator[bytes, None], account: Account) -> AsyncGenerator[bytes, None]:
