@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -162,3 +164,26 @@ def running_fake_gateway() -> Iterator[tuple[str, FakeGatewayLog]]:
     finally:
         stop[0].call_soon_threadsafe(stop[0].stop)
         thread.join(10)
+
+
+def label_command(base_url: str, out: Path, datasets: str, *extra: str, max_rounds: int = 6) -> list[str]:
+    """`twice predictor label` against the fake gateway at `base_url`, as a subprocess argv."""
+    return [
+        sys.executable,
+        "-m",
+        "app",
+        "predictor",
+        "label",
+        "--base-url",
+        base_url,
+        "--model",
+        "m",
+        "--max-rounds",
+        str(max_rounds),
+        "--out",
+        str(out),
+        "--datasets",
+        datasets,
+        "--no-progress",
+        *extra,
+    ]

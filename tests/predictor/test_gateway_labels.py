@@ -20,7 +20,7 @@ from predictor.errors import LabelsError
 from predictor.gateway_labels import GatewayRun, completions_url, first_harmful_round, label_through_gateway
 from predictor.labels import read_labels
 from tests.predictor.conftest import small_data_dir
-from tests.predictor.fake_gateway import running_fake_gateway
+from tests.predictor.fake_gateway import label_command, running_fake_gateway
 
 
 def _prompt(identifier: str, text: str, *, harmful: bool) -> LabelledPrompt:
@@ -114,28 +114,9 @@ def test_label_command_writes_rows_and_provenance(tmp_path: Path) -> None:
     data_dir = small_data_dir(tmp_path / "data", rows_per_file=3)
     out = tmp_path / "labels.jsonl"
     with running_fake_gateway() as (base_url, log):
+        datasets = "advbench,xstest,mt_bench,vicuna_bench,self_instruct"
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "predictor",
-                "label",
-                "--base-url",
-                base_url,
-                "--model",
-                "m",
-                "--max-rounds",
-                "4",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                "--datasets",
-                "advbench,xstest,mt_bench,vicuna_bench,self_instruct",
-                "--limit",
-                "2",
-            ],
+            label_command(base_url, out, datasets, "--data-dir", str(data_dir), "--limit", "2", max_rounds=4),
             capture_output=True,
             text=True,
             timeout=300,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,29 +25,7 @@ from predictor.datasets import (
 )
 from predictor.errors import LabelsError
 from predictor.labels import LabelledRow, read_labels, resume_labels
-from tests.predictor.fake_gateway import running_fake_gateway
-
-
-def _label_command(base_url: str, out: Path, datasets: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "app",
-        "predictor",
-        "label",
-        "--base-url",
-        base_url,
-        "--model",
-        "m",
-        "--max-rounds",
-        "6",
-        "--out",
-        str(out),
-        "--datasets",
-        datasets,
-        "--no-progress",
-        *extra,
-    ]
+from tests.predictor.fake_gateway import label_command, running_fake_gateway
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -158,7 +135,7 @@ def test_a_line_cut_short_is_dropped_on_resume(tmp_path: Path) -> None:
 def test_label_rows_keep_dataset_part_template_and_meta(tmp_path: Path) -> None:
     out = tmp_path / "labels.jsonl"
     with running_fake_gateway() as (base_url, _):
-        result = _run(_label_command(base_url, out, "advbench=3,jailbreak_wei:4,xstest=2,gsm8k=2"))
+        result = _run(label_command(base_url, out, "advbench=3,jailbreak_wei:4,xstest=2,gsm8k=2"))
     assert result.returncode == 0, result.stderr
     rows = read_labels(out)
     assert Counter(row.source for row in rows) == {"advbench": 3, "jailbreak_wei": 4, "xstest": 2, "gsm8k": 2}
@@ -184,18 +161,18 @@ def test_rerun_skips_labelled_ids_and_retries_failures(tmp_path: Path) -> None:
     )
     out = tmp_path / "labels.jsonl"
     with running_fake_gateway() as (base_url, log):
-        first = _run(_label_command(base_url, out, str(data)))
+        first = _run(label_command(base_url, out, str(data)))
         assert first.returncode == 1
         assert "1 failed" in first.stdout
         assert sorted(row.id for row in read_labels(out)) == ["custom:benign", "custom:fires", "custom:never"]
         meta = json.loads((tmp_path / "labels.meta.json").read_text())
         assert [failure["id"] for failure in meta["failures"]] == ["custom:flaky"]
         sent_before = len(log.bodies)
-        second = _run(_label_command(base_url, out, str(data)))
+        second = _run(label_command(base_url, out, str(data)))
         assert second.returncode == 0, second.stderr
         # Only the failed request is sent again.
         assert len(log.bodies) == sent_before + 1
-        third = _run(_label_command(base_url, out, str(data)))
+        third = _run(label_command(base_url, out, str(data)))
         assert third.returncode == 0
         assert len(log.bodies) == sent_before + 1
     rows = {row.id: row for row in read_labels(out)}
@@ -214,12 +191,12 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "labels.jsonl"
     digest = "cd" * 32
     with running_fake_gateway() as (base_url, log):
-        first = _run([*_label_command(base_url, out, str(data)), "--model-sha256", digest])
+        first = _run([*label_command(base_url, out, str(data)), "--model-sha256", digest])
         assert first.returncode == 0
-        other = _run([*_label_command(base_url, out, str(data)), "--max-tokens", "64"])
-        other_model = _run([*_label_command(base_url, out, str(data)), "--model-sha256", "ab" * 32])
+        other = _run([*label_command(base_url, out, str(data)), "--max-tokens", "64"])
+        other_model = _run([*label_command(base_url, out, str(data)), "--model-sha256", "ab" * 32])
         # Not repeating the hash is no change: the recorded one stays.
-        assert _run(_label_command(base_url, out, str(data))).returncode == 0
+        assert _run(label_command(base_url, out, str(data))).returncode == 0
     assert other.returncode == 1
     assert "max_tokens" in other.stderr
     assert other_model.returncode == 1
@@ -234,7 +211,7 @@ def test_a_killed_run_keeps_completed_rows_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "labels.jsonl"
     with running_fake_gateway() as (base_url, log):
         process = subprocess.Popen(
-            _label_command(base_url, out, str(data)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            label_command(base_url, out, str(data)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 60
         while not (out.is_file() and out.read_text(encoding="utf-8").strip()) and time.monotonic() < deadline:
@@ -245,7 +222,7 @@ def test_a_killed_run_keeps_completed_rows_and_resumes(tmp_path: Path) -> None:
         assert [row.id for row in read_labels(out)] == ["custom:fast"]
         meta = json.loads((tmp_path / "labels.meta.json").read_text())
         assert meta["runs"][0]["ended_at"] is None
-        resumed = _run(_label_command(base_url, out, str(data)))
+        resumed = _run(label_command(base_url, out, str(data)))
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(row.id for row in read_labels(out)) == ["custom:fast", "custom:slow"]
     assert [body["messages"][0]["content"] for body in log.bodies].count("FIRE@2 quick") == 1
@@ -255,11 +232,11 @@ def test_stop_after_leaves_the_rest_for_the_next_run(tmp_path: Path) -> None:
     data = _custom_dataset(tmp_path / "custom.jsonl", {key: f"SLEEP@1 {key}" for key in "abc"})
     out = tmp_path / "labels.jsonl"
     with running_fake_gateway() as (base_url, log):
-        piece = _run([*_label_command(base_url, out, str(data)), "--concurrency", "1", "--stop-after", "0.5"])
+        piece = _run([*label_command(base_url, out, str(data)), "--concurrency", "1", "--stop-after", "0.5"])
         assert piece.returncode == 0, piece.stderr
         assert "2 prompts left" in piece.stdout
         assert len(read_labels(out)) == len(log.bodies) == 1
-        rest = _run(_label_command(base_url, out, str(data)))
+        rest = _run(label_command(base_url, out, str(data)))
     assert rest.returncode == 0, rest.stderr
     assert len(read_labels(out)) == len(log.bodies) == 3
     meta = json.loads((tmp_path / "labels.meta.json").read_text())
