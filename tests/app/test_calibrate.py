@@ -127,6 +127,7 @@ def test_flagged_shares_are_per_dataset_and_group() -> None:
 
 
 @pytest.mark.model
+@pytest.mark.timeout(660)
 def test_a_small_run_writes_records_and_a_summary(tmp_path: Path) -> None:
     command = [
         sys.executable,
@@ -143,7 +144,7 @@ def test_a_small_run_writes_records_and_a_summary(tmp_path: Path) -> None:
         "16",
         "--injections",
         "--threads",
-        "1",
+        "2",
         "--out",
         str(tmp_path),
     ]
@@ -151,7 +152,7 @@ def test_a_small_run_writes_records_and_a_summary(tmp_path: Path) -> None:
         command,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
