@@ -98,7 +98,6 @@ class TrainingSide:
 class FamilyFit:
     """One family fitted on the training split, with its tail risk and out-of-fold metrics at it."""
 
-    family: str
     predictor: RoundPredictor
     out_of_fold: dict[str, Any]
 
@@ -237,7 +236,6 @@ def _fit_family(
     labels = side.labels.tolist()
     scores = round_metrics(labels, rounds.tolist(), [label > 0 for label in labels], options.max_rounds)
     return FamilyFit(
-        family=family,
         predictor=RoundPredictor(_parameters(model), card),
         out_of_fold={
             "tail_risk": tail_risk,
