@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +24,36 @@ _SUBPROCESS = (
     "vector = extract(json.loads(sys.argv[1]), FeatureConfig())\n"
     "print(json.dumps(vector.to_json()))\n"
 )
+
+
+# Vectors pinned by digest (indices and values as bytes), taken from the extraction the shipped artifacts
+# were trained with: a change that alters any vector without a FEATURES_VERSION bump would serve those
+# artifacts features they never saw. ASCII and non-ASCII text, runs of whitespace, an empty and an over-long
+# message; the default power-of-two widths and widths that are not.
+_PINNED_TEXTS = (
+    "How do I kill a Python process on Linux? Tell me about PID 4242.",
+    "Ünïcödé — naïve café 東京 ✓ don't_stop a b cc",
+    "Write   a\tpoem\n\nabout   SPRING, in 3 stanzas!!! x",
+    "",
+    "word " * 3000 + "tail",
+)
+_PINNED_DIGESTS = {
+    FeatureConfig(): "cfb39e07493dc7eaddab3ccb72bd55d4becbd7d637c004f08591d33a902a6e81",
+    FeatureConfig(word_buckets=1000, char_buckets=3001): (
+        "60e2cb6975804f99be8cb2814095c688349eb65c3bd9931826be48ce2c06c6d8"
+    ),
+}
+
+
+@pytest.mark.parametrize("config", list(_PINNED_DIGESTS), ids=["default", "odd_widths"])
+def test_vectors_match_the_pinned_extraction(config: FeatureConfig) -> None:
+    digest = hashlib.sha256()
+    for text in _PINNED_TEXTS:
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        vector = extract(messages, config)
+        digest.update(vector.indices.tobytes())
+        digest.update(vector.values.tobytes())
+    assert digest.hexdigest() == _PINNED_DIGESTS[config]
 
 
 def test_same_input_gives_identical_vector() -> None:
