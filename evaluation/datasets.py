@@ -55,6 +55,9 @@ class Item:
     """What the answer is judged against when it is not the last user turn (a jailbreak's own request)."""
     min_tokens: int = 0
     """Tokens the item needs to be answered in full, whatever `--max-tokens` says (GSM8K's working)."""
+    family: str | None = None
+    """The set this one is another form of (`jailbreak_dan` for `jailbreak_dan_turns`): a limit draws the
+    same items from both, so their rows compare item for item."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -246,10 +249,11 @@ def in_split(items: Sequence[Item], split: Split | None) -> list[Item]:
 def sample(items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
     """`limit` items drawn with `seed`, in file order; all of them without a limit.
 
-    The generator is seeded per dataset, so adding a set to a run does not change what another set draws.
+    The generator is seeded per dataset (per family, for another form of a set), so adding a set to a run does
+    not change what another set draws.
     """
     if limit is None or limit >= len(items):
         return list(items)
-    dataset = items[0].dataset if items else ""
-    chosen = sorted(random.Random(f"{seed}:{dataset}").sample(range(len(items)), limit))
+    first = items[0]
+    chosen = sorted(random.Random(f"{seed}:{first.family or first.dataset}").sample(range(len(items)), limit))
     return [items[index] for index in chosen]

@@ -89,8 +89,8 @@ def wrapped_requests(
     family: str | None = None,
     in_turns: bool = False,
 ) -> list[Item]:
-    """`family`: the set whose template parts these items share (default: `dataset`), so that the same
-    template is held out in every form of it."""
+    """`family`: the set these items are another form of (default: none, they are their own): they share its
+    template parts, so the same template is held out in every form, and a limit draws the same items."""
     template_parts = parts_by_rank((t.name for t in templates), family or dataset)
     requests = load_advbench(data_dir)
     items: list[Item] = []
@@ -108,6 +108,7 @@ def wrapped_requests(
                     else (Message("user", template.wrap(goal.prompt_text)),),
                     "harmful",
                     request=goal.prompt_text,
+                    family=family,
                     meta={"template": template.name, "goal_id": goal.item_id, "split": split},
                 )
             )

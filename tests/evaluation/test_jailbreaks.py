@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from evaluation.datasets import SHIPPED_DATA_DIR, Item, in_split, load_advbench
+from evaluation.datasets import SHIPPED_DATA_DIR, Item, in_split, load_advbench, sample
 from evaluation.jailbreaks import PERSONA_ACCEPTED, dan_templates, wei_templates
 from evaluation.registry import LOADERS, DatasetSpec
 from evaluation.runner import EvalConfig, select_items
@@ -82,6 +82,15 @@ def test_the_dan_set_in_turns_sends_the_request_after_the_persona_is_accepted() 
         assert item.request not in template.content
         assert "INSERT PROMPT HERE" not in template.content
         assert len(template.content) > 200
+
+
+def test_a_limit_draws_the_same_dan_items_in_turns_as_in_one_message() -> None:
+    """So the two rows of a table compare the same pairs (each set's draw is seeded by its family)."""
+    pool = {name: items_of(name) for name in ("jailbreak_dan", "jailbreak_dan_turns")}
+    limit = len(pool["jailbreak_dan"]) // 2
+    drawn = {name: [item.item_id for item in sample(items, limit, seed=0)] for name, items in pool.items()}
+    assert 2 <= len(drawn["jailbreak_dan"]) < len(pool["jailbreak_dan"])
+    assert drawn["jailbreak_dan_turns"] == drawn["jailbreak_dan"]
 
 
 def test_every_wei_family_is_used() -> None:
