@@ -237,7 +237,7 @@ def _into_buckets(hashes: HashArray, buckets: int) -> None:
 
 def _word_hashes(lowered: str, config: FeatureConfig) -> list[HashArray]:
     # ASCII text (most prompts) is matched as bytes, where `\w` means the same, so no word is encoded on its
-    # own; map over builtins leaves no Python frame per word (a generator's cost a long prompt ~100 us).
+    # own: on a long prompt that and the shorter pattern save about a third of this function's time.
     if lowered.isascii():
         words: list[bytes] = _ASCII_WORD.findall(lowered.encode())
     else:
