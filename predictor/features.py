@@ -49,7 +49,7 @@ FloatArray = npt.NDArray[np.float64]
 HashArray = npt.NDArray[np.uint64]
 
 # Maximal runs of two or more word characters: the matches of scikit-learn's `\b\w\w+\b`, without its
-# boundary checks (a quarter of the cost).
+# boundary checks (about a quarter less time).
 _WORD = re.compile(r"\w\w+")
 _ASCII_WORD = re.compile(rb"\w\w+")
 _U64 = np.uint64
@@ -59,7 +59,7 @@ _PRIME = _U64(0x100000001B3)
 _SHIFT_30, _SHIFT_27, _SHIFT_31 = _U64(30), _U64(27), _U64(31)
 # Character classes counted for the signals (0: controls, whitespace).
 _UPPER, _LOWER, _DIGIT, _PUNCTUATION, _NON_ASCII = range(1, 6)
-_CLASSES = 6
+_CLASSES = _NON_ASCII + 1
 
 
 @dataclass(frozen=True)

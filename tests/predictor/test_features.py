@@ -35,18 +35,19 @@ _PINNED_TEXTS = (
     "Ünïcödé — naïve café 東京 ✓ don't_stop a b cc",
     "Write   a\tpoem\n\nabout   SPRING, in 3 stanzas!!! x",
     "",
-    "word " * 3000 + "tail",
+    "head " + "word " * 3300 + "tail",  # over max_chars: only its head and tail are read
 )
 _PINNED_DIGESTS = {
-    FeatureConfig(): "cfb39e07493dc7eaddab3ccb72bd55d4becbd7d637c004f08591d33a902a6e81",
+    FeatureConfig(): "b1f58036137eb9cafa7fe0038c4bd3d6ffda38525f9227672de61177e10134a2",
     FeatureConfig(word_buckets=1000, char_buckets=3001): (
-        "60e2cb6975804f99be8cb2814095c688349eb65c3bd9931826be48ce2c06c6d8"
+        "cb4b93145faba998d600cdccb090b3ce5eef431d499a55438f3f7c44e411f47f"
     ),
 }
 
 
 @pytest.mark.parametrize("config", list(_PINNED_DIGESTS), ids=["default", "odd_widths"])
 def test_vectors_match_the_pinned_extraction(config: FeatureConfig) -> None:
+    assert len(_PINNED_TEXTS[-1]) > config.max_chars
     digest = hashlib.sha256()
     for text in _PINNED_TEXTS:
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
