@@ -8,6 +8,7 @@ Rates (with Wilson 95% intervals) are over records without an error:
 - the same rates by the LLM judge (`*_llm`) when it ran, over the verdicts it gave.
 Cost per request: backend calls and psr rounds granted and used (from the `twice` object; unknown without
 it), prompt, visible and hidden (reasoning) tokens from `usage`, latency p50/p95 as the client measured it.
+The same measures pooled over every dataset of a kind (harmful, unsafe, benign) when a run has two or more.
 """
 
 from __future__ import annotations
@@ -101,17 +102,38 @@ def measures(records: Sequence[Record]) -> dict[str, Any]:
     return result
 
 
+# Pools of datasets whose items are measured alike, for a row per plan over all of them (when there are two
+# or more such datasets): the totals a table of several sets is read by, derived from the same records.
+POOLS: Final[dict[str, Callable[[Record], bool]]] = {
+    "harmful": lambda r: r.label == "harmful",
+    "unsafe": lambda r: r.label == "unsafe",
+    "benign": lambda r: r.label not in REFUSE_LABELS,
+}
+
+
+def _rows_by_plan(records: Sequence[Record], plan_order: Sequence[str]) -> dict[str, Any]:
+    by_plan = {plan: [r for r in records if r.plan == plan] for plan in plan_order}
+    return {plan: measures(chosen) for plan, chosen in by_plan.items() if chosen}
+
+
+def pooled(records: Sequence[Record], plan_order: Sequence[str]) -> dict[str, Any]:
+    """Per pool of two or more datasets: the datasets in it and the measures per plan over all their items."""
+    result: dict[str, Any] = {}
+    for name, selects in POOLS.items():
+        chosen = [r for r in records if selects(r)]
+        datasets = sorted({r.dataset for r in chosen})
+        if len(datasets) >= 2:
+            result[name] = {"datasets": datasets, "plans": _rows_by_plan(chosen, plan_order)}
+    return result
+
+
 def summarise(records: Sequence[Record], plans: Sequence[Plan]) -> dict[str, Any]:
     plan_order = [p.name for p in plans] + sorted({r.plan for r in records} - {p.name for p in plans})
     by_name = {p.name: p for p in plans}
-    datasets: dict[str, dict[str, Any]] = {}
-    for dataset in sorted({r.dataset for r in records}):
-        rows = {}
-        for plan in plan_order:
-            chosen = [r for r in records if r.dataset == dataset and r.plan == plan]
-            if chosen:
-                rows[plan] = measures(chosen)
-        datasets[dataset] = rows
+    datasets = {
+        dataset: _rows_by_plan([r for r in records if r.dataset == dataset], plan_order)
+        for dataset in sorted({r.dataset for r in records})
+    }
     plan_info = {}
     for plan in plan_order:
         own = [r for r in records if r.plan == plan]
@@ -122,7 +144,7 @@ def summarise(records: Sequence[Record], plans: Sequence[Plan]) -> dict[str, Any
             "records": len(own),
             "cost": cost(own),
         }
-    return {"plans": plan_info, "datasets": datasets}
+    return {"plans": plan_info, "datasets": datasets, "pooled": pooled(records, plan_order)}
 
 
 MD_RATES: Final = (
@@ -167,16 +189,27 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "latency percentiles over requests; – = not measured or not reported by the endpoint.",
     ]
     for dataset, rows in summary["datasets"].items():
-        rate_columns = [(key, title) for key, title in MD_RATES if any(key in m for m in rows.values())]
-        header = ["plan", "n", "errors", *(t for _, t in rate_columns), *(t for _, t, _ in MD_COSTS)]
-        lines += ["", f"## {dataset}", "", "| " + " | ".join(header) + " |"]
-        lines.append("| " + " | ".join("---" for _ in header) + " |")
-        for plan, entry in rows.items():
-            cells = [plan, str(entry["n"]), str(entry["errors"])]
-            cells += [format_rate(entry.get(key)) for key, _ in rate_columns]
-            cells += [_format_number(entry["cost"][key], digits) for key, _, digits in MD_COSTS]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"## {dataset}", "", *_table(rows)]
+    for name, pool in summary.get("pooled", {}).items():
+        lines += [
+            "",
+            f"## all {name} prompts, pooled: {', '.join(pool['datasets'])}",
+            "",
+            *_table(pool["plans"]),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    rate_columns = [(key, title) for key, title in MD_RATES if any(key in m for m in rows.values())]
+    header = ["plan", "n", "errors", *(t for _, t in rate_columns), *(t for _, t, _ in MD_COSTS)]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for plan, entry in rows.items():
+        cells = [plan, str(entry["n"]), str(entry["errors"])]
+        cells += [format_rate(entry.get(key)) for key, _ in rate_columns]
+        cells += [_format_number(entry["cost"][key], digits) for key, _, digits in MD_COSTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_summary(out_dir: Path, records: Iterable[Record], plans: Sequence[Plan]) -> dict[str, Any]:

@@ -152,6 +152,45 @@ def test_summary_files_and_plots(tmp_path: Path) -> None:
         assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_pooled_rows_cover_every_dataset_of_a_kind(tmp_path: Path) -> None:
+    plans = [Plan("psr8"), Plan("auto")]
+    granted = {"psr8": 8, "auto": 2}
+    records = [
+        record(
+            plan.name,
+            f"{dataset}:{i}",
+            label,
+            refused=refused,
+            dataset=dataset,
+            twice={"rounds": {"granted": granted[plan.name], "used": 1}},
+        )
+        for plan in plans
+        for dataset, label, refused in (
+            ("jailbreak_dan", "harmful", plan.name == "psr8"),
+            ("jailbreak_wei", "harmful", False),
+            ("mt_bench", "benign", False),
+            ("xstest", "safe", plan.name == "auto"),
+            ("xstest", "unsafe", True),
+        )
+        for i in range(3 if dataset == "mt_bench" else 2)
+    ]
+    summary = write_summary(tmp_path, records, plans)
+    pools = summary["pooled"]
+    assert set(pools) == {"harmful", "benign"}  # unsafe items come from one dataset only
+    assert pools["harmful"]["datasets"] == ["jailbreak_dan", "jailbreak_wei"]
+    harmful = pools["harmful"]["plans"]
+    assert (harmful["psr8"]["attack_success"]["k"], harmful["psr8"]["attack_success"]["n"]) == (2, 4)
+    assert (harmful["auto"]["attack_success"]["k"], harmful["auto"]["attack_success"]["n"]) == (4, 4)
+    benign = pools["benign"]["plans"]
+    assert pools["benign"]["datasets"] == ["mt_bench", "xstest"]
+    assert (benign["auto"]["over_refusal"]["k"], benign["auto"]["over_refusal"]["n"]) == (2, 5)
+    assert "attack_success" not in benign["auto"]  # the unsafe xstest items are not benign
+    assert benign["auto"]["cost"]["rounds_granted_mean"] == 2
+    markdown = (tmp_path / SUMMARY_MD).read_text()
+    assert "## all benign prompts, pooled: mt_bench, xstest" in markdown
+    assert "| auto | 5 | 0 | 40.0% (2/5; " in markdown
+
+
 def test_no_plots_without_the_data_for_them(tmp_path: Path) -> None:
     plan = Plan("only")
     summary = write_summary(tmp_path, [record("only", "1", "benign", dataset="vicuna_bench")], [plan])
