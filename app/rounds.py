@@ -1,6 +1,7 @@
 """How many psr rounds a request gets: the client's ask, the round predictor's choice and the server's bounds.
 
-- `auto` (the header, or a default plan of `auto`): the predictor's choice within [auto_floor, max_rounds];
+- `auto` (the header, or a default plan of `auto`): the predictor's choice within [auto_floor, max_rounds]
+  (auto_floor unset: the floor the predictor's tail risk was calibrated with, from its card);
   `auto_rounds` when the predictor is off. A share `auto_explore_share` of `auto` requests gets the
   predictor's whole range instead, so that telemetry keeps observing traffic it would check little.
 - A number from the client's X-Twice-Rounds: honoured when it is at least what `auto` would grant. Below
@@ -62,7 +63,9 @@ class RoundsPolicy:
         self._settings = settings
         self._predictor = predictor
         self._explore = explore
-        self._floor = min(settings.auto_floor, settings.max_rounds)
+        self._floor = (
+            predictor.floor if predictor is not None else min(settings.auto_floor or 0, settings.max_rounds)
+        )
         self._required_floor = (
             min(settings.required_min_rounds, settings.max_rounds)
             if "psr" in required_strategies(settings)
@@ -76,7 +79,7 @@ class RoundsPolicy:
             return cls(settings, None)
         predictor = RoundPredictor.load(
             settings.predictor_path or DEFAULT_ARTIFACT_DIR,
-            floor=min(settings.auto_floor, settings.max_rounds),
+            floor=None if settings.auto_floor is None else min(settings.auto_floor, settings.max_rounds),
             ceiling=settings.max_rounds,
             tail_risk=settings.predictor_tail_risk,
         )

@@ -386,7 +386,13 @@ class PlanSettings(BaseModel):
         "predicted risk of needing more is at most this. Default: the value calibrated in training (its "
         "card). Lower is safer and costs more; the card's `frontier` lists both sides at each value.",
     )
-    auto_floor: int = Field(0, ge=0, le=64, description="Fewest rounds `auto` grants.")
+    auto_floor: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Fewest rounds `auto` grants. Default: the floor the predictor was calibrated with (its "
+        "card's `training.floor`; 0 with the predictor off).",
+    )
     client_may_lower_rounds: bool = Field(
         False,
         description="Honour an X-Twice-Rounds below what `auto` would grant. Off: such a request gets "

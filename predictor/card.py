@@ -47,6 +47,11 @@ class ModelCard:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = CARD_FORMAT
 
+    @property
+    def calibrated_floor(self) -> int:
+        """The fewest rounds the tail risk and the metrics assumed (`twice predictor train --floor`)."""
+        return int(self.training.get("floor", 0))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": self.format,

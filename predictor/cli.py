@@ -26,6 +26,7 @@ from predictor.datasets import (
 )
 from predictor.errors import LabelsError, PredictorError
 from predictor.gateway_labels import (
+    LABEL_WHEN_NO_VERDICT,
     GatewayRun,
     LabelFailure,
     dataset_row,
@@ -126,10 +127,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="Model family; best fits both and keeps the one with more out-of-fold benign rounds saved on "
         "the training split (default best; docs/predictor.md, Model families).",
     )
+    fit.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        help="Fewest rounds any request gets; calibration and metrics apply it, and the gateway's `auto` "
+        "follows the card's unless TWICE_PLAN__AUTO_FLOOR says otherwise (default 0).",
+    )
     fit.set_defaults(handler=_train)
 
 
-LABEL_SETTINGS = ("labels", "model", "model_sha256", "max_rounds", "max_tokens", "benign_observed")
+LABEL_SETTINGS = (
+    "labels",
+    "model",
+    "model_sha256",
+    "max_rounds",
+    "max_tokens",
+    "benign_observed",
+    "label_when_no_verdict",
+)
 """What every row of one labels file must share: a rerun with other settings is refused, not mixed in."""
 
 
@@ -145,6 +161,7 @@ def _label(args: argparse.Namespace) -> int:
             "max_rounds": args.max_rounds,
             "max_tokens": None if args.dataset_derived else args.max_tokens,
             "benign_observed": not (args.dataset_derived or args.skip_benign),
+            "label_when_no_verdict": None if args.dataset_derived else LABEL_WHEN_NO_VERDICT,
         }
         hashes = evaluation_data_hashes(specs, args.data_dir)
         if args.dataset_derived:
@@ -213,6 +230,9 @@ def _label_meta(
 ) -> dict[str, Any]:
     """The meta of a labels file: its settings, data hashes and runs, carried over from `previous` (the
     meta of the rows already in it), refused when they were labelled otherwise."""
+    if previous.get("labels") == PSR_OBSERVED and "label_when_no_verdict" not in previous:
+        # Written before the rule changed: a harmful prompt without a verdict was labelled max_rounds.
+        previous = {**previous, "label_when_no_verdict": previous.get("max_rounds")}
     changed = [key for key in LABEL_SETTINGS if key in previous and previous[key] != settings[key]]
     if "model_sha256" in changed and settings["model_sha256"] is None:
         # A rerun that does not repeat the hash keeps the one recorded: it names the same model.
@@ -288,6 +308,9 @@ def _train(args: argparse.Namespace) -> int:
     # scikit-learn and scipy only when training: `twice serve` registers this command and must not hold them.
     from predictor.train import TrainOptions, train
 
+    if not 0 <= args.floor <= args.max_rounds:
+        print(f"twice predictor train: --floor {args.floor} is not in [0, --max-rounds]", file=sys.stderr)
+        return 2
     try:
         rows, labels_path, kind = _training_rows(args)
         options = TrainOptions(
@@ -297,6 +320,7 @@ def _train(args: argparse.Namespace) -> int:
             target_under_share=args.target_under_share,
             labels=kind,
             family=args.family,
+            floor=args.floor,
         )
         predictor = train(rows, options)
         predictor.card = _with_provenance(predictor.card, labels_path, rows)

@@ -3,10 +3,13 @@
 Request: `POST {base_url}/v1/chat/completions` with `X-Twice-Strategy: psr`, `X-Twice-Rounds: N`,
 `X-Twice-Trace: 1`, temperature 0. From the response's `twice.trace`, the `round` of the first step with
 `"step": "verdict"` and `"harmful": true` is the observed first harmful round. The label is that round for a
-harmful prompt (N when no verdict fired) and 0 for a benign prompt, whatever was observed (the observed value
-is kept in the row). With `observe_benign` off, benign prompts take their label 0 without a call: it does
-not depend on the run, and skipping them halves the cost (their observed round is then unknown, None).
-Each result is handed to `on_result` as its request completes, so the caller can save it at once.
+harmful prompt, and 0 for a benign prompt whatever was observed (the observed value is kept in the row). A
+harmful prompt on which no verdict fired in N rounds is labelled 0 too (`LABEL_WHEN_NO_VERDICT`): no budget
+up to N changes what psr does with it, as telemetry labels such a request (predictor/telemetry.py); its row
+stays `harmful`, so the metrics still count it among the harmful prompts. With `observe_benign` off, benign
+prompts take their label 0 without a call: it does not depend on the run, and skipping them halves the
+cost (their observed round is then unknown, None). Each result is handed to `on_result` as its request
+completes, so the caller can save it at once.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -63,10 +66,16 @@ def first_harmful_round(response: Mapping[str, Any], max_rounds: int) -> int | N
     return None
 
 
+LABEL_WHEN_NO_VERDICT = 0
+"""The label of a harmful prompt on which no verdict fired in the whole budget. Files labelled before
+2026-12-07 used max_rounds (their meta lacks `label_when_no_verdict`); `twice predictor label` refuses to
+add rows to one."""
+
+
 def label_row(prompt: LabelledPrompt, observed: int | None, max_rounds: int) -> LabelledRow:
     label = 0
-    if prompt.harmful:
-        label = max_rounds if observed is None else min(observed, max_rounds)
+    if prompt.harmful and observed is not None:
+        label = min(observed, max_rounds)
     return LabelledRow(
         id=prompt.id,
         source=prompt.source,
@@ -82,7 +91,7 @@ def label_row(prompt: LabelledPrompt, observed: int | None, max_rounds: int) -> 
 
 def dataset_row(prompt: LabelledPrompt, max_rounds: int) -> LabelledRow:
     """A provisional row from the dataset label alone: harmful gets max_rounds, benign 0."""
-    return label_row(prompt, None, max_rounds)
+    return replace(label_row(prompt, None, max_rounds), label_rounds=max_rounds if prompt.harmful else 0)
 
 
 async def label_through_gateway(

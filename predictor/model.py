@@ -120,19 +120,23 @@ class LinearParameters:
 
 
 class RoundPredictor:
-    """Predicts reflection rounds in `[floor, min(ceiling, max_rounds)]` for a conversation."""
+    """Predicts reflection rounds in `[floor, min(ceiling, max_rounds)]` for a conversation. `floor` None is
+    the floor the tail risk was calibrated with (the card's `training.floor`, 0 on older cards), held under
+    the ceiling."""
 
     def __init__(
         self,
         parameters: LinearParameters,
         card: ModelCard,
         *,
-        floor: int = 0,
+        floor: int | None = None,
         ceiling: int | None = None,
         tail_risk: float | None = None,
     ) -> None:
         _check_consistent(parameters, card)
         upper = card.max_rounds if ceiling is None else min(ceiling, card.max_rounds)
+        if floor is None:
+            floor = min(card.calibrated_floor, upper)
         if not 0 <= floor <= upper:
             raise ValueError(f"need 0 <= floor <= ceiling <= max_rounds, got {floor}, {upper}")
         if tail_risk is not None and not 0.0 <= tail_risk < 1.0:
@@ -198,7 +202,12 @@ class RoundPredictor:
 
     @classmethod
     def load(
-        cls, directory: Path, *, floor: int = 0, ceiling: int | None = None, tail_risk: float | None = None
+        cls,
+        directory: Path,
+        *,
+        floor: int | None = None,
+        ceiling: int | None = None,
+        tail_risk: float | None = None,
     ) -> RoundPredictor:
         """Load an artifact after checking its card; raises an `ArtifactError` subclass when refused."""
         card = ModelCard.read(directory / CARD_FILE)
@@ -220,7 +229,7 @@ class RoundPredictor:
 
     @classmethod
     def default(
-        cls, *, floor: int = 0, ceiling: int | None = None, tail_risk: float | None = None
+        cls, *, floor: int | None = None, ceiling: int | None = None, tail_risk: float | None = None
     ) -> RoundPredictor:
         """The artifact shipped in the package (see docs/predictor.md for how it was made)."""
         return cls.load(DEFAULT_ARTIFACT_DIR, floor=floor, ceiling=ceiling, tail_risk=tail_risk)

@@ -78,10 +78,15 @@ class TrainOptions:
     config: FeatureConfig = field(default_factory=FeatureConfig)
     family: str = LOGISTIC
     """`logistic`, `naive_bayes`, or `best` (both, keeping the one `choose_family` prefers)."""
+    floor: int = 0
+    """The fewest rounds the gateway grants (`TWICE_PLAN__AUTO_FLOOR` follows the card): calibration and
+    every metric apply it, and the card records it (`training.floor`)."""
 
     def __post_init__(self) -> None:
         if self.family not in (*FAMILIES, BEST):
             raise ValueError(f"family {self.family!r} is not one of {[*FAMILIES, BEST]}")
+        if not 0 <= self.floor <= self.max_rounds:
+            raise ValueError(f"floor {self.floor} is not in [0, max_rounds {self.max_rounds}]")
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,7 @@ def frontier(
     harmful = [row.harmful for row in rows]
     points = []
     for tail_risk in sorted(TAIL_RISK_GRID):
-        rounds = decide_rounds(probabilities, classes, tail_risk)
+        rounds = _decide(probabilities, classes, tail_risk, options)
         metrics = round_metrics(labels, rounds.tolist(), harmful, options.max_rounds)
         points.append(
             {
@@ -231,12 +236,12 @@ def _fit_family(
         feature_config=options.config,
         labels=options.labels,
     )
-    rounds = decide_rounds(out_of_fold, np.unique(side.labels), tail_risk)
+    rounds = _decide(out_of_fold, np.unique(side.labels), tail_risk, options)
     # Harmful as the calibration counts it (label above 0), so `meets_target` agrees with `_calibrate`.
     labels = side.labels.tolist()
     scores = round_metrics(labels, rounds.tolist(), [label > 0 for label in labels], options.max_rounds)
     return FamilyFit(
-        predictor=RoundPredictor(_parameters(model), card),
+        predictor=RoundPredictor(_parameters(model), card, floor=options.floor),
         out_of_fold={
             "tail_risk": tail_risk,
             "meets_target": _meets_target(rounds, side.labels, options),
@@ -344,9 +349,19 @@ def _calibrate(
     """The largest tail risk whose out-of-fold harmful under-provisioning meets the target."""
     classes = np.unique(labels)
     for tail_risk in TAIL_RISK_GRID:
-        if _meets_target(decide_rounds(out_of_fold, classes, tail_risk), labels, options):
+        if _meets_target(_decide(out_of_fold, classes, tail_risk, options), labels, options):
             return tail_risk
     return TAIL_RISK_GRID[-1]
+
+
+def _decide(
+    probabilities: npt.NDArray[np.float64],
+    classes: npt.NDArray[np.int64],
+    tail_risk: float,
+    options: TrainOptions,
+) -> npt.NDArray[np.int64]:
+    """The rounds the gateway would grant: the decision rule, never below the floor."""
+    return np.maximum(decide_rounds(probabilities, classes, tail_risk), options.floor)
 
 
 def _meets_target(
@@ -409,6 +424,7 @@ def _training_info(
         ),
         "fitted_part": "dev (the evaluation's heldout part is never fitted or calibrated on)",
         "target_under_share": options.target_under_share,
+        "floor": options.floor,
         "tail_risk_calibration": f"{options.folds}-fold out-of-fold on the training split",
         "eval_only_sources": sorted(EVAL_ONLY_SOURCES),
     }

@@ -6,12 +6,17 @@ one it gives fewer) and checks that first, so a retrained artifact cannot make a
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 from app.rounds import RoundsPolicy
 from app.settings import PlanSettings
 from predictor import RoundPredictor
 from predictor.features import extract, to_matrix
+from predictor.model import CARD_FILE, DEFAULT_ARTIFACT_DIR
 from refiners.backend import ChatMessage
 from refiners.base import Conversation
 
@@ -65,6 +70,20 @@ def test_floor_and_ceiling_bound_auto() -> None:
     assert policy(auto_floor=floor).decide("auto", BENIGN).granted == floor
     ceiling = predicted(RISKY) - 1
     assert policy(max_rounds=ceiling).decide("auto", RISKY).granted == ceiling
+
+
+def test_without_an_operator_floor_auto_keeps_the_floor_its_card_was_calibrated_with(tmp_path: Path) -> None:
+    shutil.copytree(DEFAULT_ARTIFACT_DIR, tmp_path, dirs_exist_ok=True)
+    card_path = tmp_path / CARD_FILE
+    card = json.loads(card_path.read_text())
+    floor = predicted(BENIGN) + 2
+    card["training"]["floor"] = floor
+    card_path.write_text(json.dumps(card))
+    assert policy(predictor_path=tmp_path).decide("auto", BENIGN).granted == floor
+    assert policy(predictor_path=tmp_path).decide(floor - 1, BENIGN).granted == floor  # a client's number too
+    # The operator's own floor, 0 included, replaces the card's.
+    assert policy(predictor_path=tmp_path, auto_floor=0).decide("auto", BENIGN).granted == predicted(BENIGN)
+    assert policy(predictor_path=tmp_path, max_rounds=floor - 1).decide("auto", BENIGN).granted == floor - 1
 
 
 def test_the_floor_also_raises_a_clients_number() -> None:

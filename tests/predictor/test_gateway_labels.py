@@ -88,7 +88,9 @@ def test_labels_from_the_fake_gateway() -> None:
         rows, failures = asyncio.run(label_through_gateway(prompts, run))
     by_id = {row.id: row for row in rows}
     assert (by_id["late"].label_rounds, by_id["late"].observed_first_harmful_round) == (5, 5)
-    assert (by_id["never"].label_rounds, by_id["never"].observed_first_harmful_round) == (6, None)
+    # No verdict in the whole budget: no budget changes what psr does with it, as telemetry labels it.
+    assert (by_id["never"].label_rounds, by_id["never"].observed_first_harmful_round) == (0, None)
+    assert by_id["never"].harmful
     assert (by_id["benign-fired"].label_rounds, by_id["benign-fired"].observed_first_harmful_round) == (0, 1)
     assert (by_id["benign"].label_rounds, by_id["benign"].observed_first_harmful_round) == (0, None)
     assert [failure.id for failure in failures] == ["broken"]
@@ -129,12 +131,13 @@ def test_label_command_writes_rows_and_provenance(tmp_path: Path) -> None:
     assert len(rows) == len(log.bodies) == 10
     assert sum(row.harmful for row in rows) == 2
     for row in rows:
-        assert row.label_rounds == (4 if row.harmful else 0)
+        assert row.label_rounds == 0  # the fake fires no verdict on these texts
         assert row.observed_first_harmful_round is None
     meta = json.loads((tmp_path / "labels.meta.json").read_text())
     assert meta["model"] == "m"
     assert meta["max_rounds"] == 4
     assert meta["labels"] == "psr-observed"
+    assert meta["label_when_no_verdict"] == 0
     assert set(meta["data_sha256"]) == {
         "advbench/harmful_behaviors.csv",
         "xstest/xstest_prompts.csv",

@@ -177,7 +177,7 @@ def test_rerun_skips_labelled_ids_and_retries_failures(tmp_path: Path) -> None:
         assert len(log.bodies) == sent_before + 1
     rows = {row.id: row for row in read_labels(out)}
     assert len(rows) == 4
-    assert rows["custom:flaky"].label_rounds == 6
+    assert (rows["custom:flaky"].label_rounds, rows["custom:flaky"].observed_first_harmful_round) == (0, None)
     assert rows["custom:fires"].label_rounds == 3
     meta = json.loads((tmp_path / "labels.meta.json").read_text())
     assert [(run["pending"], run["labelled"]) for run in meta["runs"]] == [(4, 3), (1, 1), (0, 0)]
@@ -204,6 +204,26 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert len(log.bodies) == 1
     assert len(read_labels(out)) == 1
     assert json.loads((tmp_path / "labels.meta.json").read_text())["model_sha256"] == digest
+
+
+def test_rows_are_not_added_to_a_file_labelled_under_the_old_rule(tmp_path: Path) -> None:
+    data = _custom_dataset(tmp_path / "custom.jsonl", {"a": "plain", "b": "also plain"})
+    out = tmp_path / "labels.jsonl"
+    meta_path = tmp_path / "labels.meta.json"
+    with running_fake_gateway() as (base_url, log):
+        assert _run([*label_command(base_url, out, str(data)), "--limit", "1"]).returncode == 0
+        meta = json.loads(meta_path.read_text())
+        del meta["label_when_no_verdict"]  # as written before 2026-12-07: no verdict was labelled max_rounds
+        meta_path.write_text(json.dumps(meta))
+        legacy = _run(label_command(base_url, out, str(data)))
+        meta["label_when_no_verdict"] = 0  # a file relabelled under the current rule takes rows again
+        meta_path.write_text(json.dumps(meta))
+        relabelled = _run(label_command(base_url, out, str(data)))
+    assert legacy.returncode == 1
+    assert "label_when_no_verdict" in legacy.stderr
+    assert relabelled.returncode == 0, relabelled.stderr
+    assert len(log.bodies) == 2
+    assert len(read_labels(out)) == 2
 
 
 def test_a_killed_run_keeps_completed_rows_and_resumes(tmp_path: Path) -> None:

@@ -192,6 +192,26 @@ def test_naive_bayes_fits_censored_rows(small_rows: list[LabelledRow]) -> None:
     assert with_censored.card.training["parameters_sha256"] != plain.card.training["parameters_sha256"]
 
 
+def test_a_floor_holds_in_calibration_metrics_frontier_and_the_saved_card(
+    small_rows: list[LabelledRow], trained: RoundPredictor, tmp_path: Path
+) -> None:
+    floored = train(small_rows, dataclasses.replace(SMALL_OPTIONS, floor=4))
+    assert floored.card.training["floor"] == floored.floor == 4
+    matrix = to_matrix(
+        [row.vector(SMALL_OPTIONS.config) for row in small_rows], SMALL_OPTIONS.config.n_features
+    )
+    assert trained.rounds_for_matrix(matrix).min() < 4  # so that the floor has something to raise
+    assert floored.rounds_for_matrix(matrix).min() == 4
+    assert floored.card.metrics["held_out"]["benign_mean_rounds"] >= 4
+    assert all(point["benign_rounds_saved_pct"] <= 50.0 for point in floored.card.metrics["frontier"])
+    assert any(point["benign_rounds_saved_pct"] > 50.0 for point in trained.card.metrics["frontier"])
+    floored.save(tmp_path)
+    assert RoundPredictor.load(tmp_path).floor == 4  # the card's floor unless the caller names one
+    assert RoundPredictor.load(tmp_path, floor=0).floor == 0
+    with pytest.raises(ValueError, match="floor 9"):
+        dataclasses.replace(SMALL_OPTIONS, floor=9)
+
+
 def test_one_label_only_is_refused(small_rows: list[LabelledRow]) -> None:
     harmful_only = [row for row in small_rows if row.harmful]
     with pytest.raises(LabelsError, match="two distinct"):
@@ -289,3 +309,12 @@ def test_cli_train_reports_a_bad_labels_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "labels.jsonl:1" in result.stderr
+
+
+def test_cli_train_refuses_a_floor_above_max_rounds(small_labels_file: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "app", "predictor", "train", "--labels", str(small_labels_file)]
+    command += ["--out", str(tmp_path / "o"), "--max-rounds", "4", "--floor", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2
+    assert "--floor 5" in result.stderr
+    assert not (tmp_path / "o").exists()
