@@ -170,9 +170,10 @@ def test_the_label_command_runs_psr_through_the_real_gateway(base: str, tmp_path
     assert all(row.part in {"dev", "heldout"} for row in rows)
     for row in harmful:
         observed = row.observed_first_harmful_round
-        assert row.label_rounds == (8 if observed is None else observed)
+        assert row.label_rounds == (0 if observed is None else observed)
     benign = [row for row in rows if not row.harmful]
     assert benign
     assert all(row.label_rounds == 0 and row.observed_first_harmful_round is None for row in benign)
     meta = json.loads(out.with_name("labels.meta.json").read_text())
     assert (meta["labels"], meta["benign_observed"], meta["failures"]) == ("psr-observed", False, [])
+    assert meta["label_when_no_verdict"] == 0
