@@ -341,7 +341,8 @@ def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> li
     """The prompts no model was fitted on, with text, as `twice eval` datasets in `out/held_out/`: one file
     per source and label (`xstest_benign.jsonl`), so the eval's tables break down the same way. They are the
     test side of the dev split, every row of the evaluation's held-out part, and every row of an
-    evaluation-only source; each keeps its `part`, so `twice eval` can tell the two parts apart."""
+    evaluation-only source; each keeps its part as `split`, the field `twice eval --split` reads, so the eval
+    can tell the two parts apart."""
     groups: dict[str, list[LabelledRow]] = {}
     for row in rows:
         if row.messages is not None and (row.id in held_out or row.source in EVAL_ONLY_SOURCES):
@@ -358,7 +359,7 @@ def write_held_out(rows: list[LabelledRow], held_out: set[str], out: Path) -> li
                     "label": "harmful" if row.harmful else "benign",
                     "source": row.source,
                     "label_rounds": row.label_rounds,
-                    "part": row_part(row),
+                    "split": row_part(row),
                 },
                 ensure_ascii=False,
             )
