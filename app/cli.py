@@ -129,6 +129,8 @@ def _models(args: argparse.Namespace) -> int:
         print(f"  {model.title}, {model.size_bytes / 2**20:,.0f} MiB, {model.licence}, sha256 {model.sha256}")
         judges = "yes" if model.judges_itself else "no"
         print(f"  judges its own answers: {judges}; psr {model.psr.describe()}")
+        own = "the package default" if model.predictor is None else f"its own, {model.predictor}"
+        print(f"  round predictor for auto: {own}")
         print(f"  {where}")
     return 0
 

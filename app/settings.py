@@ -376,7 +376,9 @@ class PlanSettings(BaseModel):
     auto_rounds: int = Field(4, ge=0, le=64, description="Rounds `auto` grants when the predictor is off.")
     predictor: bool = Field(True, description="`auto` asks the round predictor (see docs/predictor.md).")
     predictor_path: Path | None = Field(
-        None, description="Directory of a predictor artifact and its card; default: the one shipped."
+        None,
+        description="Directory of a predictor artifact and its card; default: the one trained on the "
+        "served catalogue model's own verdicts (app/catalogue.py), else the package default.",
     )
     predictor_tail_risk: float | None = Field(
         None,
@@ -472,4 +474,15 @@ class Settings(BaseSettings):
             unset = {k: v for k, v in model.psr.as_fields().items() if k not in self.psr.model_fields_set}
             if unset:
                 self.psr = self.psr.model_copy(update=unset)
+        return self
+
+    @model_validator(mode="after")
+    def _model_predictor_default(self) -> Settings:
+        """`auto`'s round predictor depends on the model too: a catalogue model trained its own (on when
+        its verdicts fire, app/catalogue.py), used unless the operator names one. Any other model gets the
+        package default, whose labels do not depend on a model (docs/predictor.md)."""
+        model = self.embedded.catalogue_model if self.backend == "embedded" else None
+        unset = "predictor_path" not in self.plan.model_fields_set
+        if model is not None and model.predictor is not None and unset:
+            self.plan = self.plan.model_copy(update={"predictor_path": model.predictor})
         return self

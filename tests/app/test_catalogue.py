@@ -1,4 +1,5 @@
-"""The embedded model catalogue: assembly from parts, the sha256 check, and psr settings per model."""
+"""The embedded model catalogue: assembly from parts, the sha256 check, and psr settings and round
+predictor per model."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from app.catalogue import CATALOGUE, DEFAULT_MODEL, QWEN_CODER_1_5B, SMOLLM2, PsrDefaults, assemble
+from app.rounds import RoundsPolicy
 from app.settings import EmbeddedSettings, Settings
-from refiners.backend import BackendUnavailable
+from predictor.card import ModelCard
+from predictor.model import CARD_FILE, DEFAULT_ARTIFACT_DIR
+from refiners.backend import BackendUnavailable, ChatMessage
 
 
 def write_parts(folder: Path, blobs: list[bytes]) -> list[Path]:
@@ -108,6 +112,34 @@ def test_a_models_psr_settings_apply_unless_the_operator_set_them(monkeypatch: p
     assert Settings().psr.chunk_tokens == 32  # vLLM serves another model: the generic defaults
 
 
+def test_a_models_own_round_predictor_applies_unless_the_operator_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("TWICE_"):
+            monkeypatch.delenv(name)
+    assert QWEN_CODER_1_5B.predictor is not None
+    assert SMOLLM2.predictor is None
+    served = Settings().plan.predictor_path
+    assert served == QWEN_CODER_1_5B.predictor
+    card = ModelCard.read(served / CARD_FILE)
+    assert card.training_data["provenance"]["model"] == QWEN_CODER_1_5B.name
+    monkeypatch.setenv("TWICE_PLAN__AUTO_EXPLORE_SHARE", "0")
+    capital = (ChatMessage("user", "What is the capital of France?"),)
+    # Each card's floor: Qwen's was trained with floor 1, the package default with 0.
+    assert RoundsPolicy.from_settings(Settings().plan).decide("auto", capital).granted == 1
+    monkeypatch.setenv("TWICE_EMBEDDED__MODEL", SMOLLM2.name)
+    assert Settings().plan.predictor_path is None  # the package default
+    assert RoundsPolicy.from_settings(Settings().plan).decide("auto", capital).granted == 0
+    monkeypatch.delenv("TWICE_EMBEDDED__MODEL")
+    monkeypatch.setenv("TWICE_PLAN__PREDICTOR_PATH", str(tmp_path))
+    assert Settings().plan.predictor_path == tmp_path
+    monkeypatch.delenv("TWICE_PLAN__PREDICTOR_PATH")
+    monkeypatch.setenv("TWICE_BACKEND", "vllm")
+    assert Settings().plan.predictor_path is None  # vLLM serves another model
+    assert QWEN_CODER_1_5B.predictor != DEFAULT_ARTIFACT_DIR
+
+
 def test_twice_models_lists_each_model_and_where_it_is(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app", "models"],
@@ -120,5 +152,7 @@ def test_twice_models_lists_each_model_and_where_it_is(tmp_path: Path) -> None:
     assert f"{DEFAULT_MODEL} (default)" in done.stdout
     assert "judges its own answers: yes" in done.stdout
     assert "judges its own answers: no" in done.stdout
+    assert f"round predictor for auto: its own, {QWEN_CODER_1_5B.predictor}" in done.stdout
+    assert "round predictor for auto: the package default" in done.stdout
     assert f"assembled into {tmp_path}" in done.stdout  # not there yet in an empty cache
     assert str(SMOLLM2.part_paths()[0]) in done.stdout  # type: ignore[index]
