@@ -478,9 +478,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _model_predictor_default(self) -> Settings:
-        """`auto`'s round predictor depends on the model too: a catalogue model trained its own (on when
-        its verdicts fire, app/catalogue.py), used unless the operator names one. Any other model gets the
-        package default, whose labels do not depend on a model (docs/predictor.md)."""
+        """`auto`'s round predictor depends on the model too: a catalogue model may ship one trained on
+        when its own verdicts fire (app/catalogue.py), used unless the operator names one. Any other model
+        gets the package default, whose labels do not depend on a model (docs/predictor.md)."""
         model = self.embedded.catalogue_model if self.backend == "embedded" else None
         unset = "predictor_path" not in self.plan.model_fields_set
         if model is not None and model.predictor is not None and unset:

@@ -1,6 +1,6 @@
-"""The Qwen2.5-Coder-1.5B artifact kept in `predictor/artifacts/qwen/` (issue #19's candidate): it loads,
-its card names the labels kept beside it, and those labels follow what psr observed under the rule their
-meta records."""
+"""The Qwen2.5-Coder-1.5B artifact in `predictor/artifacts/qwen/` (what `auto` uses when that model is
+served, app/catalogue.py): it loads, its card names the labels kept beside it, and those labels follow what
+psr observed under the rule their meta records."""
 
 from __future__ import annotations
 
