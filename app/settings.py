@@ -466,23 +466,17 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _model_psr_defaults(self) -> Settings:
-        """psr's verdict settings depend on the model: a catalogue model's own values (app/catalogue.py)
-        replace the generic defaults, field by field, wherever the operator set none (TWICE_PSR__*)."""
+    def _model_defaults(self) -> Settings:
+        """What depends on the served model, when it is a catalogue model (app/catalogue.py) and the
+        operator set none: psr's verdict settings replace the generic ones field by field (TWICE_PSR__*),
+        and its own round predictor, trained on when its verdicts fire, replaces the package default
+        (TWICE_PLAN__PREDICTOR_PATH; any other model keeps the default, whose labels depend on no model)."""
         model = self.embedded.catalogue_model if self.backend == "embedded" else None
-        if model is not None:
-            unset = {k: v for k, v in model.psr.as_fields().items() if k not in self.psr.model_fields_set}
-            if unset:
-                self.psr = self.psr.model_copy(update=unset)
-        return self
-
-    @model_validator(mode="after")
-    def _model_predictor_default(self) -> Settings:
-        """`auto`'s round predictor depends on the model too: a catalogue model may ship one trained on
-        when its own verdicts fire (app/catalogue.py), used unless the operator names one. Any other model
-        gets the package default, whose labels do not depend on a model (docs/predictor.md)."""
-        model = self.embedded.catalogue_model if self.backend == "embedded" else None
-        unset = "predictor_path" not in self.plan.model_fields_set
-        if model is not None and model.predictor is not None and unset:
+        if model is None:
+            return self
+        unset = {k: v for k, v in model.psr.as_fields().items() if k not in self.psr.model_fields_set}
+        if unset:
+            self.psr = self.psr.model_copy(update=unset)
+        if model.predictor is not None and "predictor_path" not in self.plan.model_fields_set:
             self.plan = self.plan.model_copy(update={"predictor_path": model.predictor})
         return self

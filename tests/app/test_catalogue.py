@@ -97,12 +97,18 @@ def test_served_name_follows_the_model() -> None:
     assert EmbeddedSettings(model_path=Path("/m/x.gguf")).catalogue_model is None
 
 
-def test_a_models_psr_settings_apply_unless_the_operator_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    own = PsrDefaults(threshold=0.37, chunk_tokens=24, review="in_context", source="test")
-    monkeypatch.setitem(CATALOGUE, "qwen2.5-coder-1.5b-instruct", replace(QWEN_CODER_1_5B, psr=own))
+@pytest.fixture
+def no_twice_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from their defaults: no TWICE_* variable of the test run's own."""
     for name in list(os.environ):
         if name.startswith("TWICE_"):
             monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_twice_env")
+def test_a_models_psr_settings_apply_unless_the_operator_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = PsrDefaults(threshold=0.37, chunk_tokens=24, review="in_context", source="test")
+    monkeypatch.setitem(CATALOGUE, "qwen2.5-coder-1.5b-instruct", replace(QWEN_CODER_1_5B, psr=own))
     defaults = Settings().psr
     assert (defaults.threshold, defaults.chunk_tokens, defaults.review) == (0.37, 24, "in_context")
     monkeypatch.setenv("TWICE_PSR__THRESHOLD", "0.6")
@@ -112,12 +118,10 @@ def test_a_models_psr_settings_apply_unless_the_operator_set_them(monkeypatch: p
     assert Settings().psr.chunk_tokens == 32  # vLLM serves another model: the generic defaults
 
 
+@pytest.mark.usefixtures("no_twice_env")
 def test_a_models_own_round_predictor_applies_unless_the_operator_names_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name in list(os.environ):
-        if name.startswith("TWICE_"):
-            monkeypatch.delenv(name)
     assert QWEN_CODER_1_5B.predictor is not None
     assert SMOLLM2.predictor is None
     served = Settings().plan.predictor_path

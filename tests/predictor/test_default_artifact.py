@@ -1,11 +1,17 @@
-"""The artifact shipped in the package: loads, says what it is, and matches the labels kept beside it."""
+"""The artifacts shipped in the package: the default loads and says what it is, and each card matches the
+labels kept beside it."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from predictor.labels import read_labels, sha256_file
 from predictor.model import CARD_FILE, DEFAULT_ARTIFACT_DIR, RoundPredictor
+
+SHIPPED = {"default": DEFAULT_ARTIFACT_DIR, "qwen": DEFAULT_ARTIFACT_DIR / "qwen"}
 
 
 def test_default_artifact_loads_and_says_where_its_labels_come_from() -> None:
@@ -34,9 +40,10 @@ def test_default_labels_follow_what_psr_observed() -> None:
         assert row.label_rounds == expected, row.id
 
 
-def test_default_artifact_card_names_the_labels_kept_in_the_repo() -> None:
-    card = json.loads((DEFAULT_ARTIFACT_DIR / CARD_FILE).read_text())
-    labels_path = DEFAULT_ARTIFACT_DIR / card["training_data"]["file"]
+@pytest.mark.parametrize("folder", SHIPPED.values(), ids=SHIPPED.keys())
+def test_each_shipped_card_names_the_labels_kept_beside_it(folder: Path) -> None:
+    card = json.loads((folder / CARD_FILE).read_text())
+    labels_path = folder / card["training_data"]["file"]
     assert sha256_file(labels_path) == card["training_data"]["sha256"]
     assert len(read_labels(labels_path)) == card["training_data"]["rows"]
 
