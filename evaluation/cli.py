@@ -94,6 +94,27 @@ def register(commands: SubParsers) -> None:
         help="Records without prompt and answer texts (ids, verdicts, rounds and usage only).",
     )
     parser.set_defaults(handler=run_command)
+    _register_compare(commands)
+
+
+def _register_compare(commands: SubParsers) -> None:
+    parser = commands.add_parser(
+        "eval-compare",
+        help="Compare groups of plans (repeated runs) item by item in an eval's records.",
+        description="The difference in one rate between two groups of plans on the items common to all, "
+        "with a paired 95%% interval over items (evaluation/compare.py).",
+    )
+    parser.add_argument("out", type=Path, help="An eval's output folder (its records.jsonl).")
+    parser.add_argument(
+        "--baseline", required=True, help="Comma-separated plans: runs of the setting compared against."
+    )
+    parser.add_argument(
+        "--candidate", required=True, help="Comma-separated plans: runs of the other setting."
+    )
+    parser.add_argument("--measure", default="attack_success", help="attack_success, over_refusal, ...")
+    parser.add_argument("--dataset", action="append", default=[], help="Only these datasets (repeatable).")
+    parser.add_argument("--json", type=Path, help="Also write the comparison to this JSON file.")
+    parser.set_defaults(handler=run_compare)
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -146,3 +167,25 @@ def run_command(args: argparse.Namespace) -> int:
         f"summary: {config.out_dir / SUMMARY_MD}"
     )
     return 1 if report.errors else 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from evaluation.compare import CompareError, compare, render, to_json
+    from evaluation.records import RECORDS_FILE, load_records
+
+    records = load_records(args.out / RECORDS_FILE)
+    if args.dataset:
+        records = [record for record in records if record.dataset in set(args.dataset)]
+    try:
+        comparison = compare(records, _names(args.baseline), _names(args.candidate), args.measure)
+    except CompareError as error:
+        print(f"twice eval-compare: {error}", file=sys.stderr)
+        return 2
+    print(render(comparison))
+    if args.json:
+        args.json.write_text(to_json(comparison), encoding="utf-8")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
