@@ -57,6 +57,11 @@ class Comparison:
     ci95: tuple[float, float]
     disagreements: dict[str, int]
     """For each pair of plans, `a|b`: the items on which the measure's outcome differs between them."""
+    disagreement_within: float | None
+    """Mean of `disagreements` over pairs of runs of the same group: what repeating a setting changes
+    (None with one run per group)."""
+    disagreement_between: float
+    """Mean of `disagreements` over pairs with one run from each group."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -97,6 +102,12 @@ def compare(
         return [sum(outcomes[plan][item] for plan in group) / len(group) for item in common]
 
     base, cand = group_means(baseline), group_means(candidate)
+    disagreements = {
+        (a, b): sum(outcomes[a][item] != outcomes[b][item] for item in common)
+        for a, b in itertools.combinations(plans, 2)
+    }
+    within = [count for (a, b), count in disagreements.items() if (a in baseline) == (b in baseline)]
+    between = [count for (a, b), count in disagreements.items() if (a in baseline) != (b in baseline)]
     return Comparison(
         measure=measure,
         items=len(common),
@@ -107,10 +118,9 @@ def compare(
         candidate_mean=sum(cand) / len(common),
         difference=(sum(cand) - sum(base)) / len(common),
         ci95=_paired_interval(cand, base),
-        disagreements={
-            f"{a}|{b}": sum(outcomes[a][item] != outcomes[b][item] for item in common)
-            for a, b in itertools.combinations(plans, 2)
-        },
+        disagreements={f"{a}|{b}": count for (a, b), count in disagreements.items()},
+        disagreement_within=sum(within) / len(within) if within else None,
+        disagreement_between=sum(between) / len(between),
     )
 
 
@@ -147,6 +157,11 @@ def render(comparison: Comparison) -> str:
         "items judged differently, per pair of runs:",
         *(f"  {pair.replace('|', ' vs ')}: {count}" for pair, count in comparison.disagreements.items()),
     ]
+    if comparison.disagreement_within is not None:
+        lines.append(
+            f"  mean: {comparison.disagreement_within:.1f} between two runs of one setting, "
+            f"{comparison.disagreement_between:.1f} between the settings"
+        )
     return "\n".join(lines)
 
 

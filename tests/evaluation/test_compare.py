@@ -54,6 +54,8 @@ def test_group_means_and_the_paired_difference() -> None:
     half = stats.t.ppf(0.975, 4) * stats.tstd(differences) / math.sqrt(5)
     assert result.ci95 == pytest.approx((0.1 - half, 0.1 + half))
     assert result.disagreements == {"fixed|fixed_again": 1, "fixed|auto": 3, "fixed_again|auto": 2}
+    assert result.disagreement_within == 1
+    assert result.disagreement_between == pytest.approx(2.5)
 
 
 def test_no_spread_between_items_gives_a_point_interval() -> None:
@@ -62,6 +64,7 @@ def test_no_spread_between_items_gives_a_point_interval() -> None:
     assert result.difference == 0
     assert result.ci95 == (0.0, 0.0)
     assert result.disagreements == {"a|b": 0}
+    assert result.disagreement_within is None
 
 
 def test_items_missing_under_a_plan_or_failed_are_left_out() -> None:
@@ -121,6 +124,7 @@ def test_the_command_prints_and_writes_the_comparison(
     printed = capsys.readouterr().out
     assert "attack_success on 5 items" in printed
     assert "difference (candidate - baseline): +10.0 points" in printed
+    assert "mean: 1.0 between two runs of one setting, 2.5 between the settings" in printed
     saved = json.loads(out.read_text())
     assert saved["difference"] == pytest.approx(0.1)
     assert saved["candidate"][0]["rate"] == pytest.approx(0.6)
