@@ -142,6 +142,10 @@ class RoundPredictor:
         if tail_risk is not None and not 0.0 <= tail_risk < 1.0:
             raise ValueError(f"tail_risk {tail_risk} is not in [0, 1)")
         self.parameters = parameters
+        # A request reads a few hundred features' coefficients for every class. A feature per row, whatever
+        # order the file or scikit-learn left `coef` in, makes that one contiguous `take` per feature: a
+        # third to a half of the time fancy indexing of `coef`'s columns takes.
+        self._coef_by_feature = np.ascontiguousarray(parameters.coef.T)
         self.card = card
         self.floor = floor
         self.ceiling = upper
@@ -161,10 +165,11 @@ class RoundPredictor:
         return self.rounds_for(extract(messages, self.card.feature_config))
 
     def rounds_for(self, vector: FeatureVector) -> int:
-        coef = self.parameters.coef
-        if vector.n_features != coef.shape[1]:
-            raise ValueError(f"a vector of {vector.n_features} features, the model takes {coef.shape[1]}")
-        scores = coef[:, vector.indices] @ vector.values + self.parameters.intercept
+        n_features = self._coef_by_feature.shape[0]
+        if vector.n_features != n_features:
+            raise ValueError(f"a vector of {vector.n_features} features, the model takes {n_features}")
+        coefficients = self._coef_by_feature.take(vector.indices, axis=0)
+        scores = vector.values @ coefficients + self.parameters.intercept
         return int(self._decide(self._probabilities(scores[np.newaxis, :]))[0])
 
     def rounds_for_matrix(self, features: sp.csr_matrix) -> npt.NDArray[np.int64]:

@@ -89,7 +89,8 @@ def test_serving_arithmetic_matches_scikit_learn(
 
 def test_multiclass_serving_matches_scikit_learn(small_rows: list[LabelledRow]) -> None:
     config = FeatureConfig()
-    matrix = to_matrix([row.vector(config) for row in small_rows], config.n_features)
+    vectors = [row.vector(config) for row in small_rows]
+    matrix = to_matrix(vectors, config.n_features)
     labels = np.array([(index % 3) * 4 if row.harmful else 0 for index, row in enumerate(small_rows)])
     model = LogisticRegression(C=4.0, max_iter=500).fit(matrix, labels)
     card = ModelCard(max_rounds=8, classes=(0, 4, 8), tail_risk=0.2, feature_config=config, labels="test")
@@ -101,6 +102,7 @@ def test_multiclass_serving_matches_scikit_learn(small_rows: list[LabelledRow]) 
         position = [0, 4, 8].index(int(chosen))
         assert position == 2 or row[position] <= 0.2
         assert position == 0 or row[position - 1] > 0.2
+    assert [predictor.rounds_for(vector) for vector in vectors] == rounds.tolist()
 
 
 @pytest.mark.parametrize("classes", [(0, 8), (0, 4, 8)])
