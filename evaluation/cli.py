@@ -114,6 +114,7 @@ def _register_compare(commands: SubParsers) -> None:
     parser.add_argument("--measure", default="attack_success", help="attack_success, over_refusal, ...")
     parser.add_argument("--dataset", action="append", default=[], help="Only these datasets (repeatable).")
     parser.add_argument("--json", type=Path, help="Also write the comparison to this JSON file.")
+    parser.add_argument("--plot", type=Path, help="Also draw each run's rate and the groups' means (PNG).")
     parser.set_defaults(handler=run_compare)
 
 
@@ -184,6 +185,10 @@ def run_compare(args: argparse.Namespace) -> int:
     print(render(comparison))
     if args.json:
         args.json.write_text(to_json(comparison), encoding="utf-8")
+    if args.plot:
+        from evaluation.plots import plot_comparison  # matplotlib: only when a plot is asked for
+
+        plot_comparison(comparison, args.plot)
     return 0
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.plans import Plan
+from evaluation.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from evaluation.compare import Comparison
 
 SAFETY_COST_PNG: Final = "safety_vs_cost.png"
 ROUNDS_PNG: Final = "rates_vs_rounds.png"
@@ -172,3 +176,50 @@ def write_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         plot_rounds_by_dataset(summary, out_dir),
     ]
     return [path for path in written if path is not None]
+
+
+def plot_comparison(comparison: Comparison, path: Path) -> Path:
+    """Each run's rate with its Wilson interval, per group, each group's mean as a bar, and the paired
+    difference with its interval in the title: how far runs of one setting spread beside the settings' gap."""
+    figure = Figure(figsize=(6.5, 4.5))
+    axes = figure.add_subplot()
+    groups = (
+        ("baseline", comparison.baseline, comparison.baseline_mean),
+        ("candidate", comparison.candidate, comparison.candidate_mean),
+    )
+    for position, (_, runs, mean) in enumerate(groups):
+        offsets = [0.0] if len(runs) == 1 else [-0.25 + 0.5 * i / (len(runs) - 1) for i in range(len(runs))]
+        for offset, run in zip(offsets, runs, strict=True):
+            low, high = wilson_interval(run.k, run.n)
+            value = 100 * run.rate
+            axes.errorbar(
+                position + offset,
+                value,
+                yerr=[[value - 100 * low], [100 * high - value]],
+                fmt="o",
+                color="tab:gray",
+                capsize=3,
+            )
+            axes.annotate(
+                run.plan, (position + offset, value), textcoords="offset points", xytext=(4, 4), fontsize=7
+            )
+        axes.hlines(
+            100 * mean,
+            position - 0.35,
+            position + 0.35,
+            colors="tab:red",
+            label="mean over runs" if position == 0 else "_nolegend_",
+        )
+    axes.set_xticks([0, 1], [f"{name} ({len(runs)} runs)" for name, runs, _ in groups])
+    axes.set_xlim(-0.6, 1.6)
+    axes.set_ylabel(f"{comparison.measure.replace('_', ' ')}, % (Wilson 95% per run)")
+    low, high = comparison.ci95
+    axes.set_title(
+        f"candidate − baseline: {100 * comparison.difference:+.1f} points "
+        f"(paired 95% CI {100 * low:+.1f} to {100 * high:+.1f}), {comparison.items} items",
+        fontsize=9,
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -120,7 +120,9 @@ def test_the_command_prints_and_writes_the_comparison(
     writer.close()
     out = tmp_path / "compare.json"
     args = ["eval-compare", str(tmp_path), "--baseline", "fixed,fixed_again", "--candidate", "auto"]
-    assert main([*args, "--json", str(out)]) == 0
+    plot = tmp_path / "compare.png"
+    assert main([*args, "--json", str(out), "--plot", str(plot)]) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     printed = capsys.readouterr().out
     assert "attack_success on 5 items" in printed
     assert "difference (candidate - baseline): +10.0 points" in printed
