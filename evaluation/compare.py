@@ -66,8 +66,8 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for side in ("baseline", "candidate"):
-            for entry in data[side]:
-                entry["rate"] = entry["k"] / entry["n"]
+            for entry, run in zip(data[side], getattr(self, side), strict=True):
+                entry["rate"] = run.rate
         return data
 
 
