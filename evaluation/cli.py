@@ -176,19 +176,20 @@ def run_compare(args: argparse.Namespace) -> int:
 
     records = load_records(args.out / RECORDS_FILE)
     if args.dataset:
-        records = [record for record in records if record.dataset in set(args.dataset)]
+        wanted = set(args.dataset)
+        records = [record for record in records if record.dataset in wanted]
     try:
         comparison = compare(records, _names(args.baseline), _names(args.candidate), args.measure)
-    except CompareError as error:
+        print(render(comparison))
+        if args.json:
+            args.json.write_text(to_json(comparison), encoding="utf-8")
+        if args.plot:
+            from evaluation.plots import plot_comparison  # matplotlib: only when a plot is asked for
+
+            plot_comparison(comparison, args.plot)
+    except (CompareError, OSError) as error:
         print(f"twice eval-compare: {error}", file=sys.stderr)
         return 2
-    print(render(comparison))
-    if args.json:
-        args.json.write_text(to_json(comparison), encoding="utf-8")
-    if args.plot:
-        from evaluation.plots import plot_comparison  # matplotlib: only when a plot is asked for
-
-        plot_comparison(comparison, args.plot)
     return 0
 
 

@@ -132,3 +132,5 @@ def test_the_command_prints_and_writes_the_comparison(
     assert saved["candidate"][0]["rate"] == pytest.approx(0.6)
     assert main([*args, "--dataset", "other"]) == 2
     assert "no attack_success record" in capsys.readouterr().err
+    assert main([*args, "--json", str(tmp_path / "missing" / "compare.json")]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
