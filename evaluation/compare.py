@@ -17,28 +17,17 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import Any
 
 from evaluation.records import Record, latest
+from evaluation.stats import Rate
 from evaluation.summary import RATE_RULES
 
 ItemKey = tuple[str, str]
-COMPARE_JSON: Final = "compare.json"
 
 
 class CompareError(ValueError):
     """The records cannot be compared as asked (an unknown plan or measure, or no item common to all)."""
-
-
-@dataclass(frozen=True)
-class PlanRate:
-    plan: str
-    k: int
-    n: int
-
-    @property
-    def rate(self) -> float:
-        return self.k / self.n
 
 
 @dataclass(frozen=True)
@@ -48,8 +37,9 @@ class Comparison:
     """Items with an error-free record under every plan of both groups; only these are compared."""
     left_out: int
     """Items the measure selects that some plan has no error-free record for."""
-    baseline: tuple[PlanRate, ...]
-    candidate: tuple[PlanRate, ...]
+    baseline: dict[str, Rate]
+    """Each baseline plan's rate on the compared items, in the order named."""
+    candidate: dict[str, Rate]
     baseline_mean: float
     candidate_mean: float
     difference: float
@@ -66,8 +56,7 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for side in ("baseline", "candidate"):
-            for entry, run in zip(data[side], getattr(self, side), strict=True):
-                entry["rate"] = run.rate
+            data[side] = [{"plan": plan, **rate.as_dict()} for plan, rate in getattr(self, side).items()]
         return data
 
 
@@ -112,8 +101,8 @@ def compare(
         measure=measure,
         items=len(common),
         left_out=len(selected) - len(common),
-        baseline=tuple(_plan_rate(plan, outcomes[plan], common) for plan in baseline),
-        candidate=tuple(_plan_rate(plan, outcomes[plan], common) for plan in candidate),
+        baseline={plan: _rate(outcomes[plan], common) for plan in baseline},
+        candidate={plan: _rate(outcomes[plan], common) for plan in candidate},
         baseline_mean=sum(base) / len(common),
         candidate_mean=sum(cand) / len(common),
         difference=(sum(cand) - sum(base)) / len(common),
@@ -124,8 +113,8 @@ def compare(
     )
 
 
-def _plan_rate(plan: str, by_item: dict[ItemKey, bool], items: Sequence[ItemKey]) -> PlanRate:
-    return PlanRate(plan, sum(by_item[item] for item in items), len(items))
+def _rate(by_item: dict[ItemKey, bool], items: Sequence[ItemKey]) -> Rate:
+    return Rate(sum(by_item[item] for item in items), len(items))
 
 
 def _paired_interval(candidate: Sequence[float], baseline: Sequence[float]) -> tuple[float, float]:
@@ -141,17 +130,17 @@ def _paired_interval(candidate: Sequence[float], baseline: Sequence[float]) -> t
 def render(comparison: Comparison) -> str:
     """A few lines of text: each plan's rate, the group means, the difference and its interval."""
 
-    def line(entry: PlanRate) -> str:
-        return f"  {entry.plan}: {entry.rate:.1%} ({entry.k}/{entry.n})"
+    def lines_of(rates: dict[str, Rate]) -> list[str]:
+        return [f"  {plan}: {rate.value:.1%} ({rate.successes}/{rate.total})" for plan, rate in rates.items()]
 
     low, high = comparison.ci95
     lines = [
         f"{comparison.measure} on {comparison.items} items"
         + (f" ({comparison.left_out} left out: not under every plan)" if comparison.left_out else ""),
         f"baseline, mean of {len(comparison.baseline)} run(s): {comparison.baseline_mean:.1%}",
-        *map(line, comparison.baseline),
+        *lines_of(comparison.baseline),
         f"candidate, mean of {len(comparison.candidate)} run(s): {comparison.candidate_mean:.1%}",
-        *map(line, comparison.candidate),
+        *lines_of(comparison.candidate),
         f"difference (candidate - baseline): {_points(comparison.difference)} points, "
         f"95% CI {_points(low)} to {_points(high)} (paired over items)",
         "items judged differently, per pair of runs:",

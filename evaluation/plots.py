@@ -16,7 +16,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from evaluation.plans import Plan
-from evaluation.stats import wilson_interval
 
 if TYPE_CHECKING:
     from evaluation.compare import Comparison
@@ -189,19 +188,18 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
     )
     for position, (_, runs, mean) in enumerate(groups):
         offsets = [0.0] if len(runs) == 1 else [-0.25 + 0.5 * i / (len(runs) - 1) for i in range(len(runs))]
-        for offset, run in zip(offsets, runs, strict=True):
-            low, high = wilson_interval(run.k, run.n)
-            value = 100 * run.rate
+        for offset, (plan, run) in zip(offsets, runs.items(), strict=True):
+            value, error = _percent_with_error(run.as_dict())
             axes.errorbar(
                 position + offset,
                 value,
-                yerr=[[value - 100 * low], [100 * high - value]],
+                yerr=error,
                 fmt="o",
                 color="tab:gray",
                 capsize=3,
             )
             axes.annotate(
-                run.plan, (position + offset, value), textcoords="offset points", xytext=(4, 4), fontsize=7
+                plan, (position + offset, value), textcoords="offset points", xytext=(4, 4), fontsize=7
             )
         axes.hlines(
             100 * mean,

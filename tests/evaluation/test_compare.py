@@ -44,8 +44,11 @@ def test_group_means_and_the_paired_difference() -> None:
     result = compare(runs(RUNS), ["fixed", "fixed_again"], ["auto"], "attack_success")
     assert result.items == 5
     assert result.left_out == 0
-    assert [(p.plan, p.k, p.n) for p in result.baseline] == [("fixed", 2, 5), ("fixed_again", 3, 5)]
-    assert [(p.plan, p.k, p.n) for p in result.candidate] == [("auto", 3, 5)]
+    assert [(plan, r.successes, r.total) for plan, r in result.baseline.items()] == [
+        ("fixed", 2, 5),
+        ("fixed_again", 3, 5),
+    ]
+    assert [(plan, r.successes, r.total) for plan, r in result.candidate.items()] == [("auto", 3, 5)]
     # Per item, attack success: baseline means 0, .5, 1, 1, 0; candidate 0, 1, 1, 0, 1.
     assert result.baseline_mean == pytest.approx(0.5)
     assert result.candidate_mean == pytest.approx(0.6)
@@ -75,7 +78,7 @@ def test_items_missing_under_a_plan_or_failed_are_left_out() -> None:
     result = compare(records, ["fixed"], ["auto"], "attack_success")
     assert result.items == 4
     assert result.left_out == 2
-    assert [p.n for p in (*result.baseline, *result.candidate)] == [4, 4]
+    assert [r.total for r in (*result.baseline.values(), *result.candidate.values())] == [4, 4]
 
 
 def test_the_last_record_of_an_item_counts() -> None:
