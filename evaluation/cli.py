@@ -104,7 +104,12 @@ def _register_compare(commands: SubParsers) -> None:
         description="The difference in one rate between two groups of plans on the items common to all, "
         "with a paired 95%% interval over items (evaluation/compare.py).",
     )
-    parser.add_argument("out", type=Path, help="An eval's output folder (its records.jsonl).")
+    parser.add_argument(
+        "out",
+        type=Path,
+        nargs="+",
+        help="Eval output folders (their records.jsonl): one, or the parts of a set run apart.",
+    )
     parser.add_argument(
         "--baseline", required=True, help="Comma-separated plans: runs of the setting compared against."
     )
@@ -174,7 +179,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from evaluation.compare import CompareError, compare, render, to_json
     from evaluation.records import RECORDS_FILE, load_records
 
-    records = load_records(args.out / RECORDS_FILE)
+    records = [record for out in args.out for record in load_records(out / RECORDS_FILE)]
     if args.dataset:
         wanted = set(args.dataset)
         records = [record for record in records if record.dataset in wanted]

@@ -13,7 +13,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -125,6 +125,15 @@ def load_xstest(data_dir: Path) -> list[Item]:
             )
         )
     return items
+
+
+def load_xstest_safe(data_dir: Path) -> list[Item]:
+    """XSTest's 250 safe prompts alone, for over-refusal; each keeps the part it has in `xstest`."""
+    return [
+        replace(item, dataset="xstest_safe", family="xstest", meta={**item.meta, "split": item.split})
+        for item in load_xstest(data_dir)
+        if item.label == "safe"
+    ]
 
 
 def _load_fastchat(name: str, data_dir: Path) -> list[Item]:

@@ -17,12 +17,14 @@ from evaluation.datasets import (
     load_self_instruct,
     load_vicuna_bench,
     load_xstest,
+    load_xstest_safe,
 )
 from evaluation.jailbreaks import JAILBREAK_LOADERS
 
 LOADERS: Final[dict[str, Callable[[Path], list[Item]]]] = {
     "advbench": load_advbench,
     "xstest": load_xstest,
+    "xstest_safe": load_xstest_safe,
     "mt_bench": load_mt_bench,
     "vicuna_bench": load_vicuna_bench,
     "self_instruct": load_self_instruct,

@@ -137,3 +137,22 @@ def test_the_command_prints_and_writes_the_comparison(
     assert "no attack_success record" in capsys.readouterr().err
     assert main([*args, "--json", str(tmp_path / "missing" / "compare.json")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_the_parts_of_a_set_run_apart_are_compared_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Items 0-2 in one folder (say, the dev part), 3-4 in another: together, the five items of RUNS.
+    for folder, items in (("dev", range(3)), ("heldout", range(3, 5))):
+        writer = RecordWriter(tmp_path / folder / "records.jsonl")
+        for each in runs(RUNS):
+            if int(each.item_id) in items:
+                writer.write(each)
+        writer.close()
+    args = ["eval-compare", "--baseline", "fixed,fixed_again", "--candidate", "auto"]
+    assert main([*args[:1], str(tmp_path / "dev"), str(tmp_path / "heldout"), *args[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert "attack_success on 5 items" in printed
+    assert "difference (candidate - baseline): +10.0 points" in printed
+    assert main([*args[:1], str(tmp_path / "dev"), *args[1:]]) == 0
+    assert "attack_success on 3 items" in capsys.readouterr().out
