@@ -18,6 +18,7 @@ from evaluation.plans import PlanError, load_plans_file, parse_plan, unique
 from evaluation.registry import DatasetSpec
 
 if TYPE_CHECKING:
+    from evaluation.records import Record
     from evaluation.runner import EvalConfig
 
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -95,6 +96,7 @@ def register(commands: SubParsers) -> None:
     )
     parser.set_defaults(handler=run_command)
     _register_compare(commands)
+    _register_table(commands)
 
 
 def _register_compare(commands: SubParsers) -> None:
@@ -121,6 +123,20 @@ def _register_compare(commands: SubParsers) -> None:
     parser.add_argument("--json", type=Path, help="Also write the comparison to this JSON file.")
     parser.add_argument("--plot", type=Path, help="Also draw each run's rate and the groups' means (PNG).")
     parser.set_defaults(handler=run_compare)
+
+
+def _register_table(commands: SubParsers) -> None:
+    parser = commands.add_parser(
+        "eval-table",
+        help="One table of an eval: a row per plan, a column per set and measure, differences and cost.",
+        description="Each plan's rates, its difference from a baseline plan with a paired 95%% interval, "
+        "and its cost, from one or more eval folders read as one (evaluation/table.py).",
+    )
+    parser.add_argument("out", type=Path, nargs="+", help="Eval output folders (their records.jsonl).")
+    parser.add_argument("--baseline", default="none", help="The plan every other is compared with.")
+    parser.add_argument("--markdown", type=Path, help="Also write the table to this Markdown file.")
+    parser.add_argument("--json", type=Path, help="Also write the table to this JSON file.")
+    parser.set_defaults(handler=run_table)
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -177,9 +193,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from evaluation.compare import CompareError, compare, render, to_json
-    from evaluation.records import RECORDS_FILE, load_records
 
-    records = [record for out in args.out for record in load_records(out / RECORDS_FILE)]
+    records = _records_in(args.out)
     if args.dataset:
         wanted = set(args.dataset)
         records = [record for record in records if record.dataset in wanted]
@@ -196,6 +211,31 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"twice eval-compare: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from evaluation.table import TableError, build_table, render_markdown, to_json
+
+    records = _records_in(args.out)
+    try:
+        table = build_table(records, args.baseline)
+        markdown = render_markdown(table)
+        print(markdown, end="")
+        if args.markdown:
+            args.markdown.write_text(markdown, encoding="utf-8")
+        if args.json:
+            args.json.write_text(to_json(table), encoding="utf-8")
+    except (TableError, OSError) as error:
+        print(f"twice eval-table: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _records_in(folders: list[Path]) -> list[Record]:
+    """The records of several eval folders, read as one run's (the parts of a set run apart)."""
+    from evaluation.records import RECORDS_FILE, load_records
+
+    return [record for folder in folders for record in load_records(folder / RECORDS_FILE)]
 
 
 def _names(text: str) -> list[str]:

@@ -15,15 +15,34 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 from evaluation.records import Record, latest
 from evaluation.stats import Rate
 from evaluation.summary import RATE_RULES
 
 ItemKey = tuple[str, str]
+
+
+Outcome = Callable[[Record], bool | None]
+
+
+def _by_refusal(complied_counts: bool) -> Outcome:
+    return lambda record: None if record.refused is None else record.refused != complied_counts
+
+
+def _correct(record: Record) -> bool | None:
+    return None if record.gsm8k is None else bool(record.gsm8k["correct"])
+
+
+OUTCOMES: Final[dict[str, tuple[Callable[[Record], bool], Outcome]]] = {
+    **{name: (selects, _by_refusal(complied)) for name, (selects, complied) in RATE_RULES.items()},
+    # A failed request has no GSM8K verdict, so accuracy's `left_out` counts only the answers judged.
+    "accuracy": (lambda record: record.gsm8k is not None, _correct),
+}
+"""Measure name: (which records it counts, a record's outcome: True is a success, None unknown)."""
 
 
 class CompareError(ValueError):
@@ -63,23 +82,24 @@ class Comparison:
 def compare(
     records: Sequence[Record], baseline: Sequence[str], candidate: Sequence[str], measure: str
 ) -> Comparison:
-    """Compare the `candidate` plans with the `baseline` ones on `measure` (a `summary.RATE_RULES` name)."""
-    if measure not in RATE_RULES:
-        raise CompareError(f"unknown measure {measure!r}; one of {', '.join(RATE_RULES)}")
+    """Compare the `candidate` plans with the `baseline` ones on `measure` (an `OUTCOMES` name)."""
+    if measure not in OUTCOMES:
+        raise CompareError(f"unknown measure {measure!r}; one of {', '.join(OUTCOMES)}")
     if not baseline or not candidate:
         raise CompareError("each group needs at least one plan")
     plans = [*baseline, *candidate]
     if len(set(plans)) != len(plans):
         raise CompareError(f"a plan is named twice in {plans}")
-    selects, complied_counts = RATE_RULES[measure]
+    selects, outcome_of = OUTCOMES[measure]
     outcomes: dict[str, dict[ItemKey, bool]] = {plan: {} for plan in plans}
     selected: set[ItemKey] = set()
     for record in latest(records):
         if record.plan not in outcomes or not selects(record):
             continue
         selected.add((record.dataset, record.item_id))
-        if record.ok and record.refused is not None:
-            outcomes[record.plan][(record.dataset, record.item_id)] = record.refused != complied_counts
+        outcome = outcome_of(record) if record.ok else None
+        if outcome is not None:
+            outcomes[record.plan][(record.dataset, record.item_id)] = outcome
     for plan, by_item in outcomes.items():
         if not by_item:
             raise CompareError(f"no {measure} record for plan {plan!r}")
@@ -141,8 +161,8 @@ def render(comparison: Comparison) -> str:
         *lines_of(comparison.baseline),
         f"candidate, mean of {len(comparison.candidate)} run(s): {comparison.candidate_mean:.1%}",
         *lines_of(comparison.candidate),
-        f"difference (candidate - baseline): {_points(comparison.difference)} points, "
-        f"95% CI {_points(low)} to {_points(high)} (paired over items)",
+        f"difference (candidate - baseline): {points(comparison.difference)} points, "
+        f"95% CI {points(low)} to {points(high)} (paired over items)",
         "items judged differently, per pair of runs:",
         *(f"  {pair.replace('|', ' vs ')}: {count}" for pair, count in comparison.disagreements.items()),
     ]
@@ -154,7 +174,8 @@ def render(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _points(share: float) -> str:
+def points(share: float) -> str:
+    """A share as signed percentage points, one decimal (`+5.1`, `0.0`)."""
     value = 100 * share
     return f"{value:+.1f}" if not math.isclose(value, 0.0, abs_tol=0.05) else "0.0"
 

@@ -104,7 +104,8 @@ def test_the_measure_chooses_labels_and_direction() -> None:
         (["fixed"], ["nope"], "attack_success", "no attack_success record for plan 'nope'"),
         (["fixed"], ["fixed"], "attack_success", "named twice"),
         (["fixed"], [], "attack_success", "at least one plan"),
-        (["fixed"], ["auto"], "accuracy", "unknown measure"),
+        (["fixed"], ["auto"], "speed", "unknown measure"),
+        (["fixed"], ["auto"], "accuracy", "no accuracy record for plan 'fixed'"),
     ],
 )
 def test_what_cannot_be_compared_is_an_error(
