@@ -32,6 +32,10 @@ case $stage in
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
 
+if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then
+  echo "something already answers on port $port (TWICE_TABLE_PORT picks another)" >&2
+  exit 1
+fi
 log=${TMPDIR:-/tmp}/twice-table-$stage.log
 env "${gateway_env[@]}" "$twice" serve --port "$port" >"$log" 2>&1 &
 gateway=$!
@@ -45,10 +49,13 @@ plan_args=()
 for plan in "${plans[@]}"; do plan_args+=(--plan "$plan"); done
 common=(--base-url "http://127.0.0.1:$port/v1" --max-tokens 96 --concurrency 1 --no-texts --no-progress)
 
-# Held-out items of every set (GSM8K answers get 512 tokens whatever --max-tokens says).
+# Held-out items of every set; GSM8K last, as the slowest (its answers get 512 tokens whatever --max-tokens
+# says) and the set psr changes least. XSTest's other 199 safe prompts (the dev part, on which tau and the
+# review prompt were chosen) go in their own folder, so over-refusal is also measured on all 250:
+# `twice eval-table heldout xstest-safe-dev`. Each set's items are drawn on their own, so the order of the
+# calls does not change which items run.
 "$twice" eval "${common[@]}" "${plan_args[@]}" --split heldout \
-  --dataset jailbreak_wei=50 --dataset jailbreak_dan=50 --dataset xstest_safe --dataset gsm8k=50 \
-  --dataset advbench=100 --out "$here/heldout"
-# XSTest's other 199 safe prompts (the dev part, on which tau and the review prompt were chosen), so that
-# over-refusal is measured on all 250 as well: `twice eval-compare heldout xstest-safe-dev ...`.
+  --dataset jailbreak_wei=50 --dataset jailbreak_dan=50 --dataset xstest_safe --dataset advbench=100 \
+  --out "$here/heldout"
 "$twice" eval "${common[@]}" "${plan_args[@]}" --split dev --dataset xstest_safe --out "$here/xstest-safe-dev"
+"$twice" eval "${common[@]}" "${plan_args[@]}" --split heldout --dataset gsm8k=50 --out "$here/heldout"
