@@ -49,13 +49,16 @@ plan_args=()
 for plan in "${plans[@]}"; do plan_args+=(--plan "$plan"); done
 common=(--base-url "http://127.0.0.1:$port/v1" --max-tokens 96 --concurrency 1 --no-texts --no-progress)
 
-# Held-out items of every set; GSM8K last, as the slowest (its answers get 512 tokens whatever --max-tokens
-# says) and the set psr changes least. XSTest's other 199 safe prompts (the dev part, on which tau and the
-# review prompt were chosen) go in their own folder, so over-refusal is also measured on all 250:
-# `twice eval-table heldout xstest-safe-dev`. Each set's items are drawn on their own, so the order of the
-# calls does not change which items run.
-"$twice" eval "${common[@]}" "${plan_args[@]}" --split heldout \
-  --dataset jailbreak_wei=50 --dataset jailbreak_dan=50 --dataset xstest_safe --dataset advbench=100 \
-  --out "$here/heldout"
-"$twice" eval "${common[@]}" "${plan_args[@]}" --split dev --dataset xstest_safe --out "$here/xstest-safe-dev"
-"$twice" eval "${common[@]}" "${plan_args[@]}" --split heldout --dataset gsm8k=50 --out "$here/heldout"
+# The held-out items of every set. XSTest's other 199 safe prompts (the dev part, on which tau and the review
+# prompt were chosen) go in a folder of their own, so over-refusal is measured on all 250 too:
+# `twice eval-table heldout xstest-safe-dev`. One call per set, in order of what the table's bars need most;
+# GSM8K last, the slowest (its answers get 512 tokens whatever --max-tokens says) and the set psr changes
+# least. Each set draws its items on its own, so the order does not change which items run.
+runs=(
+  "heldout jailbreak_wei=50 heldout" "heldout jailbreak_dan=50 heldout" "heldout xstest_safe heldout"
+  "dev xstest_safe xstest-safe-dev" "heldout advbench=100 heldout" "heldout gsm8k=50 heldout"
+)
+for run in "${runs[@]}"; do
+  read -r split dataset out <<<"$run"
+  "$twice" eval "${common[@]}" "${plan_args[@]}" --split "$split" --dataset "$dataset" --out "$here/$out"
+done
