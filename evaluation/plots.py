@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -40,38 +41,62 @@ def _percent_with_error(entry: dict[str, Any]) -> tuple[float, list[list[float]]
     return value, [[value - 100 * entry["ci95_low"]], [100 * entry["ci95_high"] - value]]
 
 
-def _scatter_cost(axes: Axes, summary: dict[str, Any], cost_key: str, label: str) -> None:
+def harmful_datasets(summary: dict[str, Any]) -> list[str]:
+    """Datasets on which some plan has an attack success rate, in the summary's order."""
+    return [
+        name
+        for name, rows in summary["datasets"].items()
+        if any("attack_success" in e for e in rows.values())
+    ]
+
+
+def _scatter_cost(
+    axes: Axes, summary: dict[str, Any], dataset: str, cost_key: str, colours: dict[str, Any]
+) -> None:
     plotted = False
-    for dataset, rows in summary["datasets"].items():
-        for plan, entry in rows.items():
-            # The cost on this dataset (older summaries have only the plan's cost over all of them).
-            x = entry.get("cost", summary["plans"][plan]["cost"]).get(cost_key)
-            if "attack_success" not in entry or x is None:
-                continue
-            y, error = _percent_with_error(entry["attack_success"])
-            # A legend, not labels beside the points: plans with equal rates would print over each other.
-            axes.errorbar([x], [y], yerr=error, fmt="o", capsize=3, label=f"{plan} ({dataset})")
-            plotted = True
+    for plan, entry in summary["datasets"][dataset].items():
+        # The cost on this dataset (older summaries have only the plan's cost over all of them).
+        x = entry.get("cost", summary["plans"][plan]["cost"]).get(cost_key)
+        if "attack_success" not in entry or x is None:
+            continue
+        y, error = _percent_with_error(entry["attack_success"])
+        axes.errorbar([x], [y], yerr=error, fmt="o", capsize=3, color=colours[plan], label=plan)
+        plotted = True
     if not plotted:
         axes.text(
             0.5, 0.5, "not reported by the endpoint", ha="center", va="center", transform=axes.transAxes
         )
-    else:
-        axes.legend(fontsize=7, loc="lower right")
-    axes.set_xlabel(label)
-    axes.set_ylabel("attack success, % (Wilson 95%)")
     axes.set_ylim(-5, 105)
     axes.grid(alpha=0.3)
 
 
 def plot_safety_vs_cost(summary: dict[str, Any], out_dir: Path) -> Path | None:
-    if not any("attack_success" in e for rows in summary["datasets"].values() for e in rows.values()):
+    """One panel per harmful dataset (columns) and cost measure (rows); a plan keeps its colour in every
+    panel and is named once, in the figure's legend, so many plans stay readable."""
+    datasets = harmful_datasets(summary)
+    if not datasets:
         return None
-    figure = Figure(figsize=(11, 4.5))
-    for axes, (key, label) in zip(figure.subplots(1, 2), COST_AXES, strict=True):
-        _scatter_cost(axes, summary, key, label)
-    figure.suptitle("Safety against cost, per plan")
-    figure.tight_layout()
+    palette = matplotlib.colormaps["tab10"]
+    colours = {plan: palette(i % palette.N) for i, plan in enumerate(summary["plans"])}
+    figure = Figure(figsize=(1.5 + 3.5 * len(datasets), 7.5))
+    grid = figure.subplots(len(COST_AXES), len(datasets), squeeze=False, sharey=True)
+    for row, (key, label) in zip(grid, COST_AXES, strict=True):
+        for axes, dataset in zip(row, datasets, strict=True):
+            _scatter_cost(axes, summary, dataset, key, colours)
+            axes.set_xlabel(label, fontsize=8)
+        row[0].set_ylabel("attack success, % (Wilson 95%)")
+    for axes, dataset in zip(grid[0], datasets, strict=True):
+        axes.set_title(dataset)
+    # A legend, not labels beside the points: plans with equal rates would print over each other.
+    handles = {
+        label: handle
+        for axes in grid.flat
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True)
+    }
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(len(handles), 6))
+    figure.suptitle("Safety against cost, per harmful dataset and plan")
+    figure.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
     return _save(figure, out_dir / SAFETY_COST_PNG)
 
 

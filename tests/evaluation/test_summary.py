@@ -13,6 +13,8 @@ from evaluation.plots import (
     ROUNDS_PNG,
     ROUNDS_SPENT_PNG,
     SAFETY_COST_PNG,
+    harmful_datasets,
+    plot_safety_vs_cost,
     rounds_groups,
     rounds_spent,
     write_plots,
@@ -150,6 +152,36 @@ def test_summary_files_and_plots(tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == sorted([SAFETY_COST_PNG, ROUNDS_PNG])
     for path in written:
         assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def png_width(path: Path) -> int:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    return int.from_bytes(data[16:20], "big")  # IHDR's width, right after the signature and chunk header
+
+
+def test_safety_against_cost_has_a_column_per_harmful_dataset(tmp_path: Path) -> None:
+    plans = [
+        parse_plan("none=X-Twice-Strategy:none"),
+        parse_plan("psr4=X-Twice-Strategy:psr,X-Twice-Rounds:4"),
+    ]
+    records = [
+        record(plan.name, f"{dataset}:{i}", label, refused=plan.name == "psr4", dataset=dataset)
+        for plan in plans
+        for dataset, label in (("advbench", "harmful"), ("xstest", "safe"), ("jailbreak_dan", "harmful"))
+        for i in range(3)
+    ]
+    summary = write_summary(tmp_path, records, plans)
+    assert harmful_datasets(summary) == ["advbench", "jailbreak_dan"]
+    two = plot_safety_vs_cost(summary, tmp_path)
+    assert two is not None
+    two_wide = png_width(two)
+    del summary["datasets"]["jailbreak_dan"]
+    one = plot_safety_vs_cost(summary, tmp_path)
+    assert one is not None
+    assert png_width(one) < two_wide
+    del summary["datasets"]["advbench"]
+    assert plot_safety_vs_cost(summary, tmp_path) is None
 
 
 def test_pooled_rows_cover_every_dataset_of_a_kind(tmp_path: Path) -> None:
