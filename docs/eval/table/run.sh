@@ -7,10 +7,12 @@
 #   docs/eval/table/run.sh rounds       # psr1, psr2, psr8
 #   docs/eval/table/run.sh others       # auto, self_refine, psr_self_question
 #   docs/eval/table/run.sh answer_only  # psr4 with the answer-only review (a gateway setting)
+#   docs/eval/table/run.sh others auto  # a stage's plans named after it, alone
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-stage=${1:?"usage: $0 core|rounds|others|answer_only"}
+stage=${1:?"usage: $0 core|rounds|others|answer_only [PLAN...]"}
+shift
 here=docs/eval/table
 port=${TWICE_TABLE_PORT:-8100}
 twice=.venv/bin/twice
@@ -31,6 +33,15 @@ case $stage in
     plans=(psr4_answer_only=X-Twice-Strategy:psr,X-Twice-Rounds:4) ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
+if (($#)); then
+  chosen=()
+  for name in "$@"; do
+    match=$(printf '%s\n' "${plans[@]}" | grep "^$name=" || true)
+    [[ -n $match ]] || { echo "stage $stage has no plan $name" >&2; exit 2; }
+    chosen+=("$match")
+  done
+  plans=("${chosen[@]}")
+fi
 
 if curl -sf "http://127.0.0.1:$port/health" >/dev/null; then
   echo "something already answers on port $port (TWICE_TABLE_PORT picks another)" >&2
