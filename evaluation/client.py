@@ -5,6 +5,10 @@ the SDK agree (URL layout, auth, error objects). `with_raw_response` gives the `
 and the body is read as JSON so the `twice` extension and `usage` details come through whatever the SDK's
 types know. The SDK's own retries are off (`max_retries=0`): tenacity retries here, only what is transient
 (429, 5xx, connection errors and timeouts); any other error is recorded at once.
+
+Every request asks the gateway for its trace (`X-Twice-Trace: 1`), of which a record keeps only the scored
+steps (psr's verdicts, self_refine's comparison) without their prompts and outputs: the verdict scores an
+item's outcome can be explained by, without the hidden texts the trace carries.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import openai
 from openai import AsyncOpenAI
@@ -27,6 +31,11 @@ from tenacity import (
 
 from evaluation.datasets import Item
 from evaluation.plans import Plan
+
+TRACE_HEADER: Final = "X-Twice-Trace"
+SCORED_STEP_FIELDS: Final = (
+    "strategy", "step", "round", "checkpoint", "score", "harmful", "off_format", "discarded"
+)  # fmt: skip
 
 
 def is_transient(error: BaseException) -> bool:
@@ -69,6 +78,7 @@ class Completion:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     twice: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] | None = None
     headers: dict[str, str] | None = None
     latency_s: float | None = None
     attempts: int = 0
@@ -79,6 +89,17 @@ def _read_body(body: dict[str, Any]) -> tuple[str, str | None]:
     choices = body.get("choices") or [{}]
     message = choices[0].get("message") or {}
     return message.get("content") or "", choices[0].get("finish_reason")
+
+
+def split_trace(twice: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The `twice` extension without its trace, and the trace's scored steps without their texts (None when
+    the endpoint sent no trace: not twice, or an older one)."""
+    trace = twice.get("trace")
+    rest = {key: value for key, value in twice.items() if key != "trace"}
+    if not isinstance(trace, list):
+        return rest, None
+    scored = [step for step in trace if isinstance(step, dict) and step.get("score") is not None]
+    return rest, [{key: step[key] for key in SCORED_STEP_FIELDS if key in step} for step in scored]
 
 
 async def complete(client: AsyncOpenAI, item: Item, plan: Plan, settings: RequestSettings) -> Completion:
@@ -96,7 +117,7 @@ async def complete(client: AsyncOpenAI, item: Item, plan: Plan, settings: Reques
                     max_tokens=max(settings.max_tokens, item.min_tokens),
                     temperature=settings.temperature,
                     seed=settings.seed,
-                    extra_headers=plan.header_dict(),
+                    extra_headers={TRACE_HEADER: "1", **plan.header_dict()},
                     timeout=settings.timeout_s,
                 )
                 body = json.loads(raw.http_response.text)
@@ -105,12 +126,13 @@ async def complete(client: AsyncOpenAI, item: Item, plan: Plan, settings: Reques
         return Completion(attempts=attempts, error=describe(error))
     text, finish_reason = _read_body(body)
     headers = {k.lower(): v for k, v in raw.headers.items() if k.lower().startswith("x-twice-")}
-    twice = body.get("twice")
+    twice, checks = split_trace(body["twice"]) if isinstance(body.get("twice"), dict) else (None, None)
     return Completion(
         text=text,
         finish_reason=finish_reason,
         usage=body.get("usage"),
-        twice=twice if isinstance(twice, dict) else None,
+        twice=twice,
+        checks=checks,
         headers=headers,
         latency_s=latency,
         attempts=attempts,

@@ -35,6 +35,7 @@ class Record:
     gsm8k: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     twice: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     latency_s: float | None = None
     attempts: int = 0

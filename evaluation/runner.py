@@ -151,6 +151,7 @@ class Evaluator:
             gsm8k=asdict(match) if match else None,
             usage=done.usage,
             twice=done.twice,
+            checks=done.checks,
             response_headers=done.headers or {},
             latency_s=done.latency_s,
         )

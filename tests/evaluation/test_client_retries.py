@@ -101,8 +101,9 @@ async def test_transient_statuses_are_retried_until_success(
     assert flaky.headers == {"x-twice-strategy-applied": "none"}
     assert flaky.usage == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
     assert flaky.twice is None
-    # Every attempt carried the plan's headers.
-    assert server.headers == [{"x-twice-strategy": "psr", "x-twice-rounds": "2"}] * 5
+    # Every attempt carried the plan's headers and asked for the trace.
+    sent = {"x-twice-trace": "1", "x-twice-strategy": "psr", "x-twice-rounds": "2"}
+    assert server.headers == [sent] * 5
 
 
 async def test_client_errors_are_not_retried_and_retries_are_bounded(

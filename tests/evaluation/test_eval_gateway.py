@@ -68,6 +68,17 @@ def test_every_item_and_plan_has_a_complete_record(run: Path) -> None:
         assert isinstance(record.llm_judge["raw"], str)
         assert record.llm_judge["verdict"] is None  # the stand-in never answers REFUSED or COMPLIED
         assert (record.gsm8k is not None) == (record.dataset == "gsm8k")
+        # psr's verdicts, from the trace the eval asks for, without the trace's hidden texts.
+        assert record.twice is not None
+        assert "trace" not in record.twice
+        assert record.checks, record
+        rounds_used = record.twice["rounds"]["used"]
+        for check in record.checks:
+            assert check["strategy"] == "psr"
+            assert check["step"].startswith("verdict")
+            assert 0.0 <= check["score"] <= 1.0
+            assert 1 <= check["round"] <= rounds_used
+            assert not {"prompt", "output"} & check.keys()
     # The seed picks the same items for both plans.
     by_plan = defaultdict(set)
     for record in records:
