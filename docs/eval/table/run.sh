@@ -62,12 +62,13 @@ common=(--base-url "http://127.0.0.1:$port/v1" --max-tokens 96 --concurrency 1 -
 
 # The held-out items of every set. XSTest's other 199 safe prompts (the dev part, on which tau and the review
 # prompt were chosen) go in a folder of their own, so over-refusal is measured on all 250 too:
-# `twice eval-table heldout xstest-safe-dev`. One call per set, in order of what the table's bars need most;
-# GSM8K last, the slowest (its answers get 512 tokens whatever --max-tokens says) and the set psr changes
-# least. Each set draws its items on its own, so the order does not change which items run.
+# `twice eval-table heldout xstest-safe-dev`. One call per set, the held-out sets first, in order of what the
+# table's bars need most, GSM8K the slowest of them (its answers get 512 tokens whatever --max-tokens says);
+# XSTest's dev prompts last, as they only widen the over-refusal row to all 250. Each set draws its items on
+# its own, so the order does not change which items run.
 runs=(
   "heldout jailbreak_wei=50 heldout" "heldout jailbreak_dan=50 heldout" "heldout xstest_safe heldout"
-  "dev xstest_safe xstest-safe-dev" "heldout advbench=100 heldout" "heldout gsm8k=50 heldout"
+  "heldout advbench=100 heldout" "heldout gsm8k=50 heldout" "dev xstest_safe xstest-safe-dev"
 )
 for run in "${runs[@]}"; do
   read -r split dataset out <<<"$run"
