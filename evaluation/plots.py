@@ -101,15 +101,26 @@ def plot_safety_vs_cost(summary: dict[str, Any], out_dir: Path) -> Path | None:
 
 
 def rounds_groups(summary: dict[str, Any]) -> list[list[tuple[int, str]]]:
-    """Plans that differ only by their psr rounds, as (rounds, plan) sorted by rounds; groups of 2 or more."""
-    groups: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = defaultdict(list)
+    """Plans that differ only by their psr rounds, as (rounds, plan) sorted by rounds; groups of 2 or more.
+
+    A plan that sends the very headers of an earlier one differs from it by something the summary does not
+    see (a gateway setting, such as the review mode), so it starts a series of its own rather than sharing a
+    point on the earlier plan's line.
+    """
+    series_by_request: dict[tuple[tuple[str, str], ...], list[dict[int, str]]] = defaultdict(list)
     for name, info in summary["plans"].items():
         if info["headers"] is None:
             continue
         plan = Plan(name, tuple(info["headers"].items()))
-        if plan.psr_rounds is not None:
-            groups[plan.without_rounds()].append((plan.psr_rounds, name))
-    return [sorted(group) for group in groups.values() if len({r for r, _ in group}) > 1]
+        if plan.psr_rounds is None:
+            continue
+        series = series_by_request[plan.without_rounds()]
+        free = next((points for points in series if plan.psr_rounds not in points), None)
+        if free is None:
+            series.append(free := {})
+        free[plan.psr_rounds] = name
+    every_series = (points for series in series_by_request.values() for points in series)
+    return [sorted(points.items()) for points in every_series if len(points) > 1]
 
 
 def plot_rates_vs_rounds(summary: dict[str, Any], out_dir: Path) -> Path | None:

@@ -154,6 +154,20 @@ def test_summary_files_and_plots(tmp_path: Path) -> None:
         assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_rounds_groups_keep_plans_with_the_same_request_apart() -> None:
+    # psr4_answer_only sends psr4's headers (its review mode is a gateway setting): not one line for both.
+    headers = {
+        "none": {"X-Twice-Strategy": "none"},
+        "psr4": {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "4"},
+        "psr4_answer_only": {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "4"},
+        "psr1": {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "1"},
+        "psr8": {"X-Twice-Strategy": "psr", "X-Twice-Rounds": "8"},
+        "remote": None,
+    }
+    summary = {"plans": {name: {"headers": value} for name, value in headers.items()}}
+    assert rounds_groups(summary) == [[(1, "psr1"), (4, "psr4"), (8, "psr8")]]
+
+
 def png_width(path: Path) -> int:
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
