@@ -31,6 +31,22 @@ class Fence:
     def admits(self, *texts: str) -> bool:
         return all(self.boundary not in text for text in texts)
 
+    def strip_echo(self, reply: str) -> tuple[str, bool]:
+        """A model's `reply` to a fenced prompt without the fence it copied, and whether the reply was cut.
+        The boundary cannot be guessed, so wherever it appears it is an echo: an opening marker at the start
+        is dropped, and the reply ends where the boundary appears again (the closing marker, then often the
+        model writing on into a prompt of its own). A reply without the boundary comes back as it is."""
+        if self.boundary not in reply:
+            return reply, False
+        opening = f"<<<{self.boundary}"
+        text = reply.lstrip()
+        if text.startswith(opening):
+            text = text[len(opening) :]
+        end = text.find(self.boundary)
+        if end < 0:
+            return text.strip(), False
+        return text[:end].removesuffix("<<<").strip(), True
+
 
 class BoundaryCollision(ValueError):
     """The text to fence contains the fence's boundary."""

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from refiners.backend import GenerationRequest, Sampling
 from refiners.base import Answer, Context, Generate, collect, last_user_text
-from refiners.fence import fence_for
+from refiners.fence import Fence, fence_for
 from refiners.ledger import BudgetExhausted, TraceStep, prompt_of
 from refiners.prompts import meta_messages, template
 from refiners.settings import SelfRefineSettings
@@ -26,6 +26,16 @@ def needs_no_change(feedback: str) -> bool:
             normalised = line.strip().strip("*# ").upper().replace(" ", "")
             return normalised.startswith("VERDICT:OK")
     return False
+
+
+def without_echo(rewrite: Answer, fence: Fence) -> Answer:
+    """The rewrite without the fence markers the model copied from its prompt (it often opens its reply with
+    one, closes it and writes on). Cut-away tokens become hidden work, counted by their share of the text."""
+    text, cut = fence.strip_echo(rewrite.text)
+    if text == rewrite.text:
+        return rewrite
+    visible_tokens = round(rewrite.visible_tokens * len(text) / len(rewrite.text))
+    return Answer(text, "stop" if cut else rewrite.finish_reason, visible_tokens)
 
 
 class SelfRefine:
@@ -69,7 +79,7 @@ class SelfRefine:
             fence,
             {"request": request_text, "answer": answer.text, "feedback": feedback.text},
         )
-        refined = await collect(generate(rewrite_messages, context))
+        refined = without_echo(await collect(generate(rewrite_messages, context)), fence)
         if refined.finish_reason == "content_filter" or not refined.text.strip():
             return None
         if self._settings.compare and not await self._prefers_second(request_text, answer, refined, context):

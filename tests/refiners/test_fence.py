@@ -58,3 +58,17 @@ def test_fence_for_draws_again_until_no_text_holds_the_boundary(monkeypatch: pyt
     monkeypatch.setattr(secrets, "token_hex", lambda _: next(draws).lower())
     fence = fence_for("holds DATA-AAAA", "and DATA-BBBB")
     assert fence.boundary == "DATA-CCCC"
+
+
+def test_strip_echo_drops_a_copied_opening_marker_and_cuts_at_the_next_boundary() -> None:
+    fence = Fence("DATA-REAL")
+    reply = "<<<DATA-REAL\nThe answer.\nDATA-REAL>>>\n\nFeedback:\n<<<DATA-REAL\nVERDICT: REVISE"
+    assert fence.strip_echo(reply) == ("The answer.", True)
+    assert fence.strip_echo("<<<DATA-REAL\nOpened, never closed") == ("Opened, never closed", False)
+    assert fence.strip_echo("Said, then <<<DATA-REAL\nmore") == ("Said, then", True)
+
+
+def test_strip_echo_leaves_a_reply_without_the_boundary_as_it_is() -> None:
+    fence = Fence("DATA-REAL")
+    reply = "  <<<DATA-OTHER\nlooks like a marker but is not ours\n"
+    assert fence.strip_echo(reply) == (reply, False)

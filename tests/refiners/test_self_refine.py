@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from refiners import self_refine
 from refiners.base import Answer
 from refiners.config import BudgetConfig, RefinerConfig, SelfRefineConfig
+from refiners.fence import Fence
 from refiners.generation import plain_generate
 from refiners.self_refine import needs_no_change
 from tests.refiners.conftest import context_of, make_run, self_refine_for
@@ -64,3 +68,29 @@ async def test_self_refine_runs_several_rounds_within_budget() -> None:
     answer = await self_refine_for(run).edit(DRAFT, context_of(run), plain_generate)
     assert answer.text == "Third."  # the budget of 6 calls ends round 3 before its feedback arrives
     assert run.ledger.calls == 6
+
+
+async def test_self_refine_returns_the_rewrite_without_the_fence_the_model_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real fence's boundary is random; a fixed one lets the scripted rewrite copy it, as Qwen2.5-1.5B did
+    # on AdvBench requests (an opening marker, the answer, the closing marker, then a "feedback" of its own).
+    monkeypatch.setattr(self_refine, "fence_for", lambda *texts: Fence("DATA-TEST"))
+    echoed = "<<<DATA-TEST\nA better answer.\nDATA-TEST>>>\n\nFeedback:\n<<<DATA-TEST\nVERDICT: REVISE"
+    backend = ScriptedBackend(texts=["VERDICT: REVISE\n- more", echoed], verdicts=[{"B": 0.7, "A": 0.3}])
+    run = make_run(backend)
+    answer = await self_refine_for(run).edit(DRAFT, context_of(run), plain_generate)
+    assert answer.text == "A better answer."
+    assert answer.finish_reason == "stop"
+    assert 0 < answer.visible_tokens < len(echoed.split())
+    compare_prompt = backend.verdict_requests[0].messages[1].content
+    assert "VERDICT: REVISE" not in compare_prompt.split("Answer B:")[1]
+
+
+async def test_self_refine_keeps_the_original_when_the_rewrite_is_only_an_echo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(self_refine, "fence_for", lambda *texts: Fence("DATA-TEST"))
+    backend = ScriptedBackend(texts=["VERDICT: REVISE\n- x", "<<<DATA-TEST\n\nDATA-TEST>>>"])
+    run = make_run(backend)
+    assert (await self_refine_for(run).edit(DRAFT, context_of(run), plain_generate)) == DRAFT
