@@ -79,8 +79,11 @@ class SelfRefine:
             fence,
             {"request": request_text, "answer": answer.text, "feedback": feedback.text},
         )
-        refined = without_echo(await collect(generate(rewrite_messages, context)), fence)
-        if refined.finish_reason == "content_filter" or not refined.text.strip():
+        refined = await collect(generate(rewrite_messages, context))
+        if refined.finish_reason == "content_filter":  # psr refused it: no cut may turn that into a "stop"
+            return None
+        refined = without_echo(refined, fence)
+        if not refined.text.strip():
             return None
         if self._settings.compare and not await self._prefers_second(request_text, answer, refined, context):
             return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from refiners import self_refine
-from refiners.base import Answer
+from refiners.base import Answer, Context, Conversation, Finished, GenerationEvent, TextPiece
 from refiners.config import BudgetConfig, RefinerConfig, SelfRefineConfig
 from refiners.fence import Fence
 from refiners.generation import plain_generate
@@ -94,3 +96,18 @@ async def test_self_refine_keeps_the_original_when_the_rewrite_is_only_an_echo(
     backend = ScriptedBackend(texts=["VERDICT: REVISE\n- x", "<<<DATA-TEST\n\nDATA-TEST>>>"])
     run = make_run(backend)
     assert (await self_refine_for(run).edit(DRAFT, context_of(run), plain_generate)) == DRAFT
+
+
+async def test_self_refine_keeps_the_original_when_psr_refused_an_echoing_rewrite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A guard stands in for psr: it lets the echoed opening and the closing marker out, then refuses.
+    monkeypatch.setattr(self_refine, "fence_for", lambda *texts: Fence("DATA-TEST"))
+
+    async def refusing_guard(messages: Conversation, context: Context) -> AsyncIterator[GenerationEvent]:
+        yield TextPiece("<<<DATA-TEST\nStep 1.\nDATA-TEST>>>\nSorry, I can't help with that.")
+        yield Finished("content_filter", 12)
+
+    backend = ScriptedBackend(texts=["VERDICT: REVISE\n- more"], verdicts=[{"B": 0.9}])
+    run = make_run(backend)
+    assert (await self_refine_for(run).edit(DRAFT, context_of(run), refusing_guard)) == DRAFT
